@@ -1,0 +1,1 @@
+"""Models, export, backends (ONNX Runtime, TensorRT), quantisation and engine builds."""

@@ -1,0 +1,131 @@
+"""Typed values that flow between stages: dataclasses of numpy arrays.
+
+Times are int64 nanoseconds (``stamp_ns``), distances metres, images BGR uint8.
+Frames are in the names: ``points_lidar`` are in the LiDAR frame,
+``T_world_from_base`` maps base (vehicle) coordinates to world coordinates.
+Leaf module: imports only numpy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NO_INSTANCE = -1          # instance_id of points/pixels that belong to no instance (FusedCloud)
+NO_CAMERA = -1            # camera index of points outside every camera
+
+
+@dataclass
+class CameraFrame:
+    camera_id: str
+    stamp_ns: int
+    image: np.ndarray                      # (H, W, 3) uint8 BGR
+
+
+@dataclass
+class LidarSweep:
+    lidar_id: str
+    stamp_ns: int                          # sweep start
+    points: np.ndarray                     # (N, 4) float32: x, y, z, intensity in the LiDAR frame
+    t_offset_ns: np.ndarray | None = None  # (N,) int64, time of each point after stamp_ns
+
+    def __post_init__(self) -> None:
+        if self.points.ndim != 2 or self.points.shape[1] != 4:
+            raise ValueError(f"LidarSweep.points must be (N, 4), got {self.points.shape}")
+
+
+@dataclass
+class FrameTrace:
+    """Stamps in and out of every stage (wall clock, ns). Only the profiler reads it."""
+
+    frame_index: int
+    sensor_stamp_ns: int
+    stages: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
+@dataclass
+class SyncedFrame:
+    frame_index: int
+    cameras: list[CameraFrame]
+    lidar: LidarSweep | None               # None: LiDAR late or missing (flagged downstream)
+    T_world_from_base: np.ndarray | None = None   # ego pose at the camera stamp, if known
+    trace: FrameTrace | None = None
+
+
+@dataclass
+class SemanticMask:
+    camera_id: str
+    class_ids: np.ndarray                  # (H, W) uint8, taxonomy ids
+
+
+@dataclass
+class Instances:
+    camera_id: str
+    boxes: np.ndarray                      # (K, 4) float32 x1, y1, x2, y2 pixels
+    class_ids: np.ndarray                  # (K,) int32 taxonomy ids
+    scores: np.ndarray                     # (K,) float32
+    masks: np.ndarray                      # (K, H, W) bool at camera resolution
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+# Per-point flags of a FusedCloud.
+FLAG_OUTSIDE = np.uint8(1)     # outside every camera's image (or behind it)
+FLAG_OCCLUDED = np.uint8(2)    # in an image but hidden from the camera by a nearer surface
+FLAG_EDGE = np.uint8(4)        # on a depth edge: label withheld by the edge gate
+
+
+@dataclass
+class FusedCloud:
+    stamp_ns: int
+    points: np.ndarray                     # (N, 4) float32 x, y, z, intensity (LiDAR frame)
+    class_id: np.ndarray                   # (N,) uint8, taxonomy ignore_id where unlabelled
+    instance_id: np.ndarray                # (N,) int32, NO_INSTANCE where none
+    score: np.ndarray                      # (N,) float32
+    camera_index: np.ndarray               # (N,) int8, NO_CAMERA where none
+    flags: np.ndarray                      # (N,) uint8 bit set of FLAG_*
+
+
+@dataclass
+class Object3D:
+    instance_id: int
+    class_id: int
+    score: float
+    centroid: np.ndarray                   # (3,) metres, base frame
+    box_center: np.ndarray                 # (3,) bird's-eye-view box centre (z: middle of points)
+    box_size: np.ndarray                   # (3,) length, width, height
+    yaw: float                             # radians, about +z of the base frame
+    range_m: float
+    num_points: int
+
+
+@dataclass
+class LaneLine:
+    coeffs: np.ndarray                     # (4,) c0..c3 of y(x) = c0 + c1 x + c2 x^2 + c3 x^3, base frame
+    x_min_m: float
+    x_max_m: float
+    type: str                              # "solid" | "dashed" | "unknown"
+    confidence: float
+
+
+# --- Ground truth written by the synthetic world -------------------------------------------
+
+@dataclass
+class Box3D:
+    """A ground-truth 3D box: centre at the middle of the box, size = length, width, height."""
+
+    instance_id: int
+    class_id: int
+    center: np.ndarray                     # (3,) metres
+    size: np.ndarray                       # (3,) l, w, h
+    yaw: float                             # radians about +z
+
+
+@dataclass
+class LaneBoundaryGT:
+    """A ground-truth painted lane boundary as a polyline in the base frame."""
+
+    lane_id: int
+    type: str                              # "solid" | "dashed"
+    points_base: np.ndarray                # (M, 3)
