@@ -1,0 +1,403 @@
+"""Ray-cast rendering of a World with Open3D's RaycastingScene: one camera and one spinning
+LiDAR see exactly the same geometry, so their ground truth agrees by construction.
+
+The static world is one BVH built once per drive. Things (cars, pedestrians, ...) are
+rebuilt into a small second BVH at each instant they are seen: once for the camera's
+exposure, and once per time slice of the LiDAR sweep, so moving things move during the
+sweep as the ego does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.sim.world import (TEX_ASPHALT, TEX_FACADE, TEX_FOLIAGE, TEX_GRASS, TEX_PAVING, Agent,
+                                World)
+
+_INVALID = np.uint32(0xFFFFFFFF)
+
+
+@dataclass
+class CameraSpec:
+    width: int
+    height: int
+    K: np.ndarray                  # (3, 3)
+    T_base_from_cam: np.ndarray    # (4, 4), optical frame (x right, y down, z forward)
+
+
+@dataclass
+class LidarSpec:
+    T_base_from_lidar: np.ndarray  # (4, 4), x forward, y left, z up
+    elevation_deg: np.ndarray      # (B,) beam elevations, top beam first
+    azimuth_steps: int = 2000      # firings per revolution
+    period_ns: int = 100_000_000   # 10 Hz
+    max_range_m: float = 120.0
+    min_range_m: float = 1.0
+    range_noise_m: float = 0.02
+    dropout: float = 0.015         # base probability of a missing return
+    time_slices: int = 20          # things are re-posed this many times per sweep
+
+    @property
+    def num_rays(self) -> int:
+        return self.azimuth_steps * len(self.elevation_deg)
+
+
+@dataclass
+class Lighting:
+    sun_dir_world: np.ndarray      # (3,) unit vector towards the sun
+    sun_bgr: np.ndarray            # (3,)
+    ambient_bgr: np.ndarray        # (3,)
+    sky_horizon_bgr: np.ndarray
+    sky_zenith_bgr: np.ndarray
+    fog_m: float
+    exposure: float
+    noise_dn: float
+    shadows: bool = True
+
+    @staticmethod
+    def random(rng: np.random.Generator) -> "Lighting":
+        elev = np.radians(rng.uniform(12, 70))
+        azim = rng.uniform(-np.pi, np.pi)
+        sun = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
+        mood = rng.choice(["clear", "overcast", "evening"], p=[0.5, 0.3, 0.2])
+        if mood == "clear":
+            sun_c, amb = np.array([0.95, 1.0, 1.0]) * rng.uniform(0.9, 1.2), np.array([0.42, 0.38, 0.34])
+            horizon, zenith = np.array([0.92, 0.85, 0.78]), np.array([0.85, 0.55, 0.3])
+        elif mood == "overcast":
+            sun_c, amb = np.array([0.8, 0.8, 0.8]) * rng.uniform(0.25, 0.5), np.array([0.6, 0.6, 0.6])
+            horizon, zenith = np.array([0.85, 0.85, 0.85]), np.array([0.7, 0.68, 0.66])
+        else:
+            sun_c, amb = np.array([0.55, 0.8, 1.05]) * rng.uniform(0.8, 1.1), np.array([0.4, 0.33, 0.32])
+            horizon, zenith = np.array([0.55, 0.7, 0.95]), np.array([0.6, 0.4, 0.3])
+        return Lighting(sun, sun_c, amb * rng.uniform(0.8, 1.2), horizon, zenith, fog_m=float(rng.uniform(250, 900)),
+                        exposure=float(rng.uniform(0.8, 1.25)), noise_dn=float(rng.uniform(1.0, 4.0)),
+                        shadows=mood != "overcast")
+
+
+@dataclass
+class CameraRender:
+    image: np.ndarray      # (H, W, 3) uint8 BGR
+    semantic: np.ndarray   # (H, W) uint8
+    instance: np.ndarray   # (H, W) uint16
+    depth_m: np.ndarray    # (H, W) float32 z in the optical frame, inf where sky
+
+
+@dataclass
+class LidarRender:
+    points: np.ndarray         # (N, 4) float32 x, y, z, intensity in the LiDAR frame at each point's time
+    t_offset_ns: np.ndarray    # (N,) int64 after the sweep start
+    point_class: np.ndarray    # (N,) uint8
+    point_instance: np.ndarray  # (N,) uint16
+
+
+@dataclass
+class _Hits:
+    t: np.ndarray            # (R,) float32 distance along the unit ray, inf on a miss
+    dynamic: np.ndarray      # (R,) bool: the hit is a thing
+    prim: np.ndarray         # (R,) int64 triangle index (static mesh or things' concatenated mesh)
+    uv: np.ndarray           # (R, 2) barycentric coordinates
+    normal: np.ndarray       # (R, 3) world normal of the hit triangle
+
+
+class _Things:
+    """The agents' meshes concatenated once; posed at any time into one small BVH."""
+
+    def __init__(self, world: World):
+        agents = world.agents
+        self.agents = agents
+        self.class_ids = np.array([world.taxonomy.id(a.class_name) for a in agents], np.uint8)
+        self.instance_ids = np.array([a.instance_id for a in agents], np.uint16)
+        self.reflect = np.array([a.reflectivity for a in agents], np.float32)
+        self.v_start = np.cumsum([0] + [len(a.mesh[0]) for a in agents])
+        self.f_start = np.cumsum([0] + [len(a.mesh[1]) for a in agents])
+        self.vertices = np.concatenate([a.mesh[0] for a in agents]).astype(np.float32) if agents else np.zeros((0, 3), np.float32)
+        self.faces = np.concatenate([a.mesh[1] + self.v_start[i] for i, a in enumerate(agents)]) if agents else np.zeros((0, 3), np.int32)
+        self.tri_color = np.concatenate([a.tri_color for a in agents]).astype(np.float32) if agents else np.zeros((0, 3), np.float32)
+        self.tri_agent = np.repeat(np.arange(len(agents)), np.diff(self.f_start))
+        self.v_agent = np.repeat(np.arange(len(agents)), np.diff(self.v_start))
+
+    def near(self, world: World, t_s: float, ego_s: float, radius_m: float) -> np.ndarray:
+        s = np.array([a.s_at(t_s) for a in self.agents])
+        return np.flatnonzero(np.abs(s - ego_s) < radius_m) if len(s) else np.zeros(0, int)
+
+    def subset(self, idx: np.ndarray) -> "_ThingSubset":
+        return _ThingSubset(self, idx)
+
+
+class _ThingSubset:
+    def __init__(self, things: _Things, idx: np.ndarray):
+        self.things = things
+        self.agent_idx = idx
+        vsel = np.concatenate([np.arange(things.v_start[i], things.v_start[i + 1]) for i in idx]) if len(idx) else np.zeros(0, int)
+        fsel = np.concatenate([np.arange(things.f_start[i], things.f_start[i + 1]) for i in idx]) if len(idx) else np.zeros(0, int)
+        remap = np.full(len(things.vertices), -1, np.int64)
+        remap[vsel] = np.arange(len(vsel))
+        self.vertices = things.vertices[vsel]
+        self.local_agent = np.searchsorted(idx, things.v_agent[vsel])   # position of each vertex's agent in idx
+        self.faces = remap[things.faces[fsel]].astype(np.uint32)
+        self.face_global = fsel            # subset triangle -> things triangle
+
+    def agents(self) -> list[Agent]:
+        return [self.things.agents[i] for i in self.agent_idx]
+
+
+class Renderer:
+    def __init__(self, world: World, camera: CameraSpec, lidar: LidarSpec, lighting: Lighting):
+        import open3d as o3d
+
+        self._o3d = o3d
+        self.world, self.camera, self.lidar, self.light = world, camera, lidar, lighting
+        st = world.static
+        self._static = o3d.t.geometry.RaycastingScene()
+        self._static.add_triangles(o3d.core.Tensor(st.vertices), o3d.core.Tensor(st.faces.astype(np.uint32)))
+        self._things = _Things(world)
+        # Per-pixel unit ray directions in the camera optical frame, and their z (for depth).
+        H, W = camera.height, camera.width
+        u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+        Kinv = np.linalg.inv(camera.K)
+        d = np.stack([u, v, np.ones_like(u)], -1).reshape(-1, 3) @ Kinv.T
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        self._cam_dirs = d.astype(np.float32)
+        # LiDAR ray directions per (column, beam) in the LiDAR frame; column-major order.
+        el = np.radians(lidar.elevation_deg)
+        cols = np.arange(lidar.azimuth_steps)
+        az = np.pi - 2 * np.pi * cols / lidar.azimuth_steps     # starts facing backwards, turns clockwise
+        ce, se = np.cos(el), np.sin(el)
+        dirs = np.stack([np.cos(az)[:, None] * ce[None, :], np.sin(az)[:, None] * ce[None, :],
+                         np.broadcast_to(se, (len(cols), len(el)))], -1)
+        self._lidar_dirs = dirs.reshape(-1, 3).astype(np.float32)
+        self._lidar_col_t_ns = (cols * lidar.period_ns // lidar.azimuth_steps).astype(np.int64)
+        # Display gamma as a table over 12-bit linear codes; sensor noise drawn once per drive.
+        self._gamma_lut = ((np.arange(4096) / 4095.0) ** (1 / 2.2) * 255.0).astype(np.float32)
+        bank_rng = np.random.default_rng(np.random.SeedSequence([world.seed, 0x0153]))
+        self._noise_bank = bank_rng.normal(0, lighting.noise_dn, 2 * H * W * 3 + 1).astype(np.float32)
+
+    # -- ray casting ----------------------------------------------------------------------
+    def _thing_scene(self, sub: _ThingSubset, t_s: float, return_vertices: bool = False):
+        if len(sub.faces) == 0:
+            return (None, None) if return_vertices else None
+        R, t = self.world.agent_poses(sub.agents(), t_s)
+        verts = (np.einsum("nij,nj->ni", R[sub.local_agent], sub.vertices) + t[sub.local_agent]).astype(np.float32)
+        scene = self._o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(self._o3d.core.Tensor(verts), self._o3d.core.Tensor(sub.faces))
+        return (scene, verts) if return_vertices else scene
+
+    def _cast(self, scene, rays: np.ndarray):
+        r = scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=0)
+        return (r["t_hit"].numpy(), r["primitive_ids"].numpy(), r["primitive_uvs"].numpy(),
+                r["primitive_normals"].numpy())
+
+    def _cast_both(self, rays: np.ndarray, thing_scenes: list[tuple[object, slice | np.ndarray]],
+                   sub: _ThingSubset | None) -> _Hits:
+        """Nearest hit of each ray in the static world or in the things' scene that covers it."""
+        t, prim, uv, nrm = self._cast(self._static, rays)
+        dynamic = np.zeros(len(rays), bool)
+        prim = prim.astype(np.int64)
+        for scene, sel in thing_scenes:
+            if scene is None or (not isinstance(sel, slice) and len(sel) == 0):
+                continue
+            t2, p2, uv2, n2 = self._cast(scene, rays[sel])
+            closer = t2 < t[sel]
+            idx = (np.flatnonzero(closer) + (sel.start or 0)) if isinstance(sel, slice) else sel[closer]
+            t[idx], uv[idx], nrm[idx] = t2[closer], uv2[closer], n2[closer]
+            prim[idx] = sub.face_global[p2[closer].astype(np.int64)]
+            dynamic[idx] = True
+        return _Hits(t, dynamic, prim, uv, nrm)
+
+    def _labels(self, hits: _Hits, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """class ids, instance ids, albedo (BGR), reflectivity of each hit (sky: class sky)."""
+        world, st, th = self.world, self.world.static, self._things
+        n = len(hits.t)
+        hit = np.isfinite(hits.t)
+        cls = np.full(n, world.taxonomy.id("sky"), np.uint8)
+        inst = np.zeros(n, np.uint16)
+        albedo = np.zeros((n, 3), np.float32)
+        refl = np.zeros(n, np.float32)
+        s_idx = np.flatnonzero(hit & ~hits.dynamic)
+        p = hits.prim[s_idx]
+        cls[s_idx] = st.tri_class[p]
+        albedo[s_idx] = st.tri_color[p]
+        refl[s_idx] = st.tri_reflect[p]
+        road = cls[s_idx] == world.taxonomy.id("road")
+        if road.any():
+            r_idx, rp = s_idx[road], p[road]
+            f = st.faces[rp]
+            uv = hits.uv[r_idx]
+            w0 = 1 - uv[:, 0] - uv[:, 1]
+            sd = w0[:, None] * st.vert_sd[f[:, 0]] + uv[:, :1] * st.vert_sd[f[:, 1]] + uv[:, 1:] * st.vert_sd[f[:, 2]]
+            paint = world.road.paint_mask(sd[:, 0], sd[:, 1])
+            pi = r_idx[paint]
+            cls[pi] = world.taxonomy.id("lane_marking")
+            albedo[pi] = world.road.paint_color(sd[paint, 0], sd[paint, 1])
+            refl[pi] = 0.8
+        d_idx = np.flatnonzero(hit & hits.dynamic)
+        if len(d_idx):
+            a = th.tri_agent[hits.prim[d_idx]]
+            cls[d_idx] = th.class_ids[a]
+            inst[d_idx] = th.instance_ids[a]
+            albedo[d_idx] = th.tri_color[hits.prim[d_idx]]
+            refl[d_idx] = th.reflect[a]
+        return cls, inst, albedo, refl
+
+    # -- camera ---------------------------------------------------------------------------
+    def render_camera(self, t_s: float, T_world_from_base: np.ndarray, rng: np.random.Generator) -> CameraRender:
+        cam, light = self.camera, self.light
+        H, W = cam.height, cam.width
+        T_world_from_cam = T_world_from_base @ cam.T_base_from_cam
+        R, o = T_world_from_cam[:3, :3], T_world_from_cam[:3, 3]
+        dirs_w = self._cam_dirs @ R.T.astype(np.float32)
+        rays = np.empty((len(dirs_w), 6), np.float32)
+        rays[:, :3] = o
+        rays[:, 3:] = dirs_w
+        ego_s = self.world.ego_s0_m + self.world.ego_speed_mps * t_s
+        sub = self._things.subset(self._things.near(self.world, t_s, ego_s, 160.0))
+        scene, verts = self._thing_scene(sub, t_s, return_vertices=True)
+        # Things can only be hit inside the image rectangles their vertices project to.
+        thing_px = self._thing_pixels(sub, verts, np.linalg.inv(T_world_from_cam)) if scene is not None else None
+        hits = self._cast_both(rays, [(scene, thing_px)], sub)
+        hit = np.isfinite(hits.t)
+        pts = o.astype(np.float32) + dirs_w * np.where(hit, hits.t, 0)[:, None]
+        cls, inst, albedo, _ = self._labels(hits, pts)
+        depth = np.where(hit, hits.t * self._cam_dirs[:, 2], np.inf).astype(np.float32)
+
+        color = self._shade(hits, pts, dirs_w, albedo, hit, scene)
+        # exposure, gamma through a lookup table, and sensor noise from a per-drive bank
+        code = np.clip(color * (light.exposure * 4095.0), 0, 4095).astype(np.uint16)
+        img = self._gamma_lut[code].reshape(-1)
+        off = int(rng.integers(0, len(self._noise_bank) - img.size))
+        img = img + self._noise_bank[off:off + img.size]
+        image = np.clip(img, 0, 255).astype(np.uint8).reshape(H, W, 3)
+        return CameraRender(image, cls.reshape(H, W), inst.reshape(H, W), depth.reshape(H, W))
+
+    def _thing_pixels(self, sub: "_ThingSubset", verts: np.ndarray, T_cam_from_world: np.ndarray) -> np.ndarray:
+        """Indices of the pixels inside the union of the things' projected bounding rectangles."""
+        cam = self.camera
+        H, W = cam.height, cam.width
+        pc = verts @ T_cam_from_world[:3, :3].T.astype(np.float32) + T_cam_from_world[:3, 3].astype(np.float32)
+        n_agents = len(sub.agent_idx)
+        z = pc[:, 2]
+        front = z > 0.05
+        uv = (pc[:, :2] / np.where(front, z, 1.0)[:, None]) * [cam.K[0, 0], cam.K[1, 1]] + [cam.K[0, 2], cam.K[1, 2]]
+        mask = np.zeros((H, W), bool)
+        a = sub.local_agent
+        any_front = np.bincount(a, front, n_agents) > 0
+        all_front = np.bincount(a, front, n_agents) == np.bincount(a, minlength=n_agents)
+        big = np.float32(1e9)
+        umin = np.full(n_agents, big); umax = np.full(n_agents, -big)
+        vmin = np.full(n_agents, big); vmax = np.full(n_agents, -big)
+        np.minimum.at(umin, a[front], uv[front, 0]); np.maximum.at(umax, a[front], uv[front, 0])
+        np.minimum.at(vmin, a[front], uv[front, 1]); np.maximum.at(vmax, a[front], uv[front, 1])
+        for i in np.flatnonzero(any_front):
+            if not all_front[i]:           # straddles the image plane: its rectangle is unbounded
+                u0, u1, v0, v1 = 0, W, 0, H
+            else:
+                u0, u1 = int(max(np.floor(umin[i]) - 1, 0)), int(min(np.ceil(umax[i]) + 2, W))
+                v0, v1 = int(max(np.floor(vmin[i]) - 1, 0)), int(min(np.ceil(vmax[i]) + 2, H))
+            if u0 < u1 and v0 < v1:
+                mask[v0:v1, u0:u1] = True
+        return np.flatnonzero(mask.reshape(-1))
+
+    def _shade(self, hits: _Hits, pts: np.ndarray, dirs: np.ndarray, albedo: np.ndarray, hit: np.ndarray,
+               thing_scene) -> np.ndarray:
+        """Linear BGR radiance per pixel: Lambert + ambient, sun shadows, texture, haze, sky."""
+        light, st = self.light, self.world.static
+        f32 = np.float32
+        sun, sun_c = light.sun_dir_world.astype(f32), light.sun_bgr.astype(f32)
+        amb, horizon, zenith = light.ambient_bgr.astype(f32), light.sky_horizon_bgr.astype(f32), light.sky_zenith_bgr.astype(f32)
+        out = np.empty((len(dirs), 3), f32)
+        sky = np.flatnonzero(~hit)
+        if len(sky):
+            ds = dirs[sky]
+            el = np.sqrt(np.clip(ds[:, 2:3], 0, 1))
+            glow = np.clip(ds @ sun, 0, 1)[:, None] ** 48
+            out[sky] = horizon * (1 - el) + zenith * el + f32(0.6) * glow * sun_c
+        idx = np.flatnonzero(hit)
+        if len(idx) == 0:
+            return out
+        p, n, a = pts[idx], hits.normal[idx], albedo[idx]
+        flip = np.einsum("ij,ij->i", n, dirs[idx]) > 0
+        n[flip] *= -1
+        dyn = hits.dynamic[idx]
+        tex = st.tri_tex[np.where(dyn, 0, hits.prim[idx])]
+        tex[dyn] = 0
+        a *= _texture(tex, p, n)[:, None]
+        lambert = np.clip(n @ sun, 0, 1)
+        if light.shadows:
+            li = np.flatnonzero(lambert > 0)
+            srays = np.empty((len(li), 6), f32)
+            srays[:, :3] = p[li] + n[li] * f32(0.03)
+            srays[:, 3:] = sun
+            occ = self._static.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
+            if thing_scene is not None:
+                occ |= thing_scene.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
+            lambert[li[occ]] = 0
+        shade = amb * (f32(0.75) + f32(0.25) * n[:, 2:3]) + lambert[:, None] * sun_c
+        fog = np.exp(-hits.t[idx] / f32(light.fog_m))[:, None]
+        out[idx] = a * shade * fog + horizon * (1 - fog)
+        return out
+
+    # -- LiDAR ----------------------------------------------------------------------------
+    def render_lidar(self, sweep_start_s: float, rng: np.random.Generator) -> LidarRender:
+        lid, world = self.lidar, self.world
+        cols = lid.azimuth_steps
+        beams = len(lid.elevation_deg)
+        t_col_s = sweep_start_s + self._lidar_col_t_ns / 1e9
+        T_wb = world.ego_pose(t_col_s)                                 # (cols, 4, 4)
+        T_wl = T_wb @ lid.T_base_from_lidar
+        dirs_l = self._lidar_dirs.reshape(cols, beams, 3)
+        dirs_w = np.einsum("cij,cbj->cbi", T_wl[:, :3, :3].astype(np.float32), dirs_l).reshape(-1, 3)
+        origins = np.repeat(T_wl[:, :3, 3].astype(np.float32), beams, axis=0)
+        rays = np.concatenate([origins, dirs_w], 1).astype(np.float32)
+        mid_s = sweep_start_s + lid.period_ns / 2e9
+        ego_s = world.ego_s0_m + world.ego_speed_mps * mid_s
+        sub = self._things.subset(self._things.near(world, mid_s, ego_s, lid.max_range_m + 30))
+        per = cols // lid.time_slices
+        scenes = []
+        for k in range(lid.time_slices):
+            c0, c1 = k * per, (cols if k == lid.time_slices - 1 else (k + 1) * per)
+            t_mid = sweep_start_s + (c0 + c1) / 2 / cols * lid.period_ns / 1e9
+            scenes.append((self._thing_scene(sub, t_mid), slice(c0 * beams, c1 * beams)))
+        hits = self._cast_both(rays, scenes, sub)
+        rng_m = hits.t + rng.normal(0, lid.range_noise_m, len(hits.t)).astype(np.float32)
+        pts_w = origins + dirs_w * np.where(np.isfinite(hits.t), hits.t, 0)[:, None]
+        cls, inst, _, refl = self._labels(hits, pts_w)
+        cos_inc = np.abs(np.einsum("ij,ij->i", hits.normal, dirs_w))
+        intensity = refl * (0.35 + 0.65 * cos_inc) * (1 + rng.normal(0, 0.05, len(refl)))
+        p_drop = lid.dropout + 0.25 * (np.clip(rng_m, 0, None) / lid.max_range_m) ** 2 * (1 - np.clip(refl, 0, 1))
+        keep = (np.isfinite(hits.t) & (rng_m > lid.min_range_m) & (rng_m < lid.max_range_m)
+                & (rng.random(len(rng_m)) >= p_drop))
+        pts = np.empty((int(keep.sum()), 4), np.float32)
+        pts[:, :3] = self._lidar_dirs[keep] * rng_m[keep, None]
+        pts[:, 3] = np.clip(intensity[keep], 0, 1)
+        t_off = np.repeat(self._lidar_col_t_ns, beams)[keep]
+        return LidarRender(pts, t_off, cls[keep], inst[keep])
+
+
+def _hash(cells: np.ndarray, salt: float = 0.0) -> np.ndarray:
+    h = np.sin(cells[:, 0] * 12.9898 + cells[:, 1] * 78.233 + cells[:, 2] * 37.719 + salt) * 43758.5453
+    return h - np.floor(h)
+
+
+def _texture(tex: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """A brightness factor per hit from cheap procedural textures."""
+    f = np.ones(len(tex), np.float32)
+    for kind, scale, amp in ((TEX_ASPHALT, 6.0, 0.25), (TEX_GRASS, 3.0, 0.35), (TEX_FOLIAGE, 2.5, 0.45)):
+        m = tex == kind
+        if m.any():
+            fine = _hash(np.floor(p[m] * scale))
+            coarse = _hash(np.floor(p[m] * scale / 8), 1.0)
+            f[m] = 1 + amp * (fine - 0.5) + 0.5 * amp * (coarse - 0.5)
+    m = tex == TEX_PAVING
+    if m.any():
+        q = p[m, :2] / 0.6
+        seam = (np.abs(q - np.round(q)) < 0.05).any(1)
+        f[m] = np.where(seam, 0.7, 1.0) * (0.95 + 0.1 * _hash(np.floor(p[m] * 1.66)))
+    m = (tex == TEX_FACADE) & (np.abs(n[:, 2]) < 0.5)
+    if m.any():
+        along = p[m, 0] * -n[m, 1] + p[m, 1] * n[m, 0]
+        z = p[m, 2]
+        win = (np.mod(along / 3.0, 1) > 0.3) & (np.mod(along / 3.0, 1) < 0.72) & (np.mod(z / 3.2, 1) > 0.35) \
+            & (np.mod(z / 3.2, 1) < 0.8) & (z > 1.2)
+        f[m] = np.where(win, 0.35, 1.0)
+    return f

@@ -1,0 +1,177 @@
+"""The synthetic world: determinism, and ground truth that agrees between camera and LiDAR."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import load_taxonomy
+from pipeline.errors import ConfigError
+from pipeline.sim.generate import Simulator
+from pipeline.sim.simulate import check_params
+
+TAX = load_taxonomy()
+
+
+@pytest.fixture(scope="module")
+def sim() -> Simulator:
+    return Simulator(seed=3, num_frames=20)
+
+
+@pytest.fixture(scope="module")
+def frames(sim):
+    return [sim.render(i) for i in (0, 10, 19)]
+
+
+def points_in_camera(sim: Simulator, sf):
+    """Project each LiDAR point, moved with the exact ego poses from its own time to the
+    camera's exposure time, into the image. Returns indices of points landing in the image
+    and their pixel (u, v) and depth."""
+    f = sf.frame
+    p = f.lidar.points[:, :3].astype(np.float64)
+    T_bl = sim.calib.T_base_from_lidar
+    T_wb = sim.ego_pose(f.lidar.stamp_ns + f.lidar.t_offset_ns)
+    p_base = p @ T_bl[:3, :3].T + T_bl[:3, 3]
+    p_world = np.einsum("nij,nj->ni", T_wb[:, :3, :3], p_base) + T_wb[:, :3, 3]
+    T_cw = np.linalg.inv(sim.ego_pose(f.camera.stamp_ns)[0] @ sim.calib.T_base_from_cam)
+    pc = p_world @ T_cw[:3, :3].T + T_cw[:3, 3]
+    K, H, W = sim.calib.K, sim.calib.height, sim.calib.width
+    front = np.flatnonzero(pc[:, 2] > 0.5)
+    z = pc[front, 2]
+    u = np.round(K[0, 0] * pc[front, 0] / z + K[0, 2]).astype(int)
+    v = np.round(K[1, 1] * pc[front, 1] / z + K[1, 2]).astype(int)
+    inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+    return front[inside], u[inside], v[inside], z[inside]
+
+
+def test_same_seed_same_arrays(sim):
+    again = Simulator(seed=3, num_frames=20)
+    a, b = sim.render(5).frame, again.render(5).frame
+    assert np.array_equal(a.camera.image, b.camera.image)
+    assert np.array_equal(a.lidar.points, b.lidar.points)
+    assert np.array_equal(a.lidar.t_offset_ns, b.lidar.t_offset_ns)
+    assert np.array_equal(a.point_instance, b.point_instance)
+    assert np.array_equal(a.semantic, b.semantic)
+    assert np.allclose(a.T_world_from_base, b.T_world_from_base)
+    other = Simulator(seed=4, num_frames=20).render(5).frame
+    assert not np.array_equal(a.camera.image, other.camera.image)
+
+
+def test_lidar_ground_truth_agrees_with_camera(sim, frames):
+    """Points the camera sees (depth test against the camera's true depth), projected with the
+    true calibration, land on a pixel of their own instance for >= 99% of them."""
+    for sf in frames:
+        f = sf.frame
+        idx, u, v, z = points_in_camera(sim, sf)
+        assert len(idx) > 10_000
+        visible = np.abs(sf.camera_depth_m[v, u] - z) < 0.1 + 0.02 * z
+        assert visible.mean() > 0.95
+        iv, uv, vv = idx[visible], u[visible], v[visible]
+        inst_agree = f.instance[vv, uv] == f.point_instance[iv]
+        class_agree = f.semantic[vv, uv] == f.point_class[iv]
+        things = f.point_instance[iv] > 0
+        assert things.sum() > 300
+        assert inst_agree.mean() >= 0.99, inst_agree.mean()
+        assert inst_agree[things].mean() >= 0.99, inst_agree[things].mean()
+        assert class_agree.mean() >= 0.99, class_agree.mean()
+
+
+def test_lidar_sees_more_than_the_camera_behind_edges(sim, frames):
+    """The LiDAR sits 0.27 m behind and 8 cm above the camera: some points it measures are hidden
+    from the camera (parallax), which is what the fusion's depth test must handle."""
+    hidden = 0
+    for sf in frames:
+        idx, u, v, z = points_in_camera(sim, sf)
+        hidden += int((z > sf.camera_depth_m[v, u] + 0.5).sum())
+    assert hidden > 20
+
+
+def test_points_lie_in_their_ground_truth_boxes(sim, frames):
+    for sf in frames:
+        f = sf.frame
+        # points moved to the camera time, in the base frame there
+        p = f.lidar.points[:, :3].astype(np.float64)
+        T_bl = sim.calib.T_base_from_lidar
+        T_wb = sim.ego_pose(f.lidar.stamp_ns + f.lidar.t_offset_ns)
+        pw = np.einsum("nij,nj->ni", T_wb[:, :3, :3], p @ T_bl[:3, :3].T + T_bl[:3, 3]) + T_wb[:, :3, 3]
+        T_bw = np.linalg.inv(sim.ego_pose(f.camera.stamp_ns)[0])
+        pb = pw @ T_bw[:3, :3].T + T_bw[:3, 3]
+        boxes = {b.instance_id: b for b in f.boxes}
+        speed = {a.instance_id: abs(a.speed_mps) for a in sim.world.agents}
+        dt_s = np.abs(f.lidar.stamp_ns + f.lidar.t_offset_ns - f.camera.stamp_ns) / 1e9
+        inside_total = count_total = 0
+        for iid in np.unique(f.point_instance[f.point_instance > 0]):
+            b = boxes[int(iid)]
+            sel = f.point_instance == iid
+            q = pb[sel] - b.center
+            c, s = np.cos(-b.yaw), np.sin(-b.yaw)
+            local = np.column_stack([c * q[:, 0] - s * q[:, 1], s * q[:, 0] + c * q[:, 1], q[:, 2]])
+            # range noise (2 cm), plus how far a moving thing travels between the point's time and
+            # the camera's (things are posed per 5 ms slice of the sweep)
+            margin = 0.08 + speed[int(iid)] * (dt_s[sel] + 0.0025)
+            inside = np.all(np.abs(local) <= b.size / 2 + margin[:, None], axis=1)
+            inside_total += inside.sum()
+            count_total += len(inside)
+        assert inside_total / count_total > 0.99
+
+
+def test_lane_marking_points_lie_on_ground_truth_lanes(sim, frames):
+    sf = frames[0]
+    f = sf.frame
+    lane = f.point_class == TAX.id("lane_marking")
+    assert lane.sum() > 200
+    p = f.lidar.points[lane, :3].astype(np.float64)
+    T_bl = sim.calib.T_base_from_lidar
+    T_wb = sim.ego_pose(f.lidar.stamp_ns + f.lidar.t_offset_ns[lane])
+    pw = np.einsum("nij,nj->ni", T_wb[:, :3, :3], p @ T_bl[:3, :3].T + T_bl[:3, 3]) + T_wb[:, :3, 3]
+    T_bw = np.linalg.inv(sim.ego_pose(f.camera.stamp_ns)[0])
+    pb = pw @ T_bw[:3, :3].T + T_bw[:3, 3]
+    ahead = (pb[:, 0] > 0) & (pb[:, 0] < 60)
+    pb = pb[ahead]
+    poly = np.concatenate([ln.points_base for ln in f.lanes])
+    d = np.min(np.linalg.norm(pb[:, None, :2] - poly[None, :, :2], axis=2), axis=1)
+    # polyline vertices every 1 m: a point on the paint is within 0.5 m along + 0.1 m across
+    assert np.quantile(d, 0.99) < 0.55
+    assert abs(np.median(pb[:, 2])) < 0.05     # paint lies on the road surface
+
+
+def test_every_class_appears_in_the_default_drive():
+    sim = Simulator(seed=7, num_frames=30)
+    seen_px, seen_pts = set(), set()
+    for i in (0, 15, 29):
+        f = sim.render(i).frame
+        seen_px |= set(np.unique(f.semantic).tolist())
+        seen_pts |= set(np.unique(f.point_class).tolist())
+    assert seen_px == set(range(TAX.num_classes))
+    assert seen_pts == set(range(TAX.num_classes)) - {TAX.id("sky")}
+
+
+def test_ego_moves_about_ten_metres_per_second(sim, frames):
+    a, b = frames[0].frame, frames[1].frame
+    T_a = sim.ego_pose(a.camera.stamp_ns)[0]
+    T_b = sim.ego_pose(b.camera.stamp_ns)[0]
+    speed = np.linalg.norm(T_b[:3, 3] - T_a[:3, 3]) / ((b.camera.stamp_ns - a.camera.stamp_ns) / 1e9)
+    assert 8 < speed < 12
+    # poses cover the sweep and the camera exposure at 100 Hz
+    f = a
+    assert f.pose_stamps_ns[0] <= f.lidar.stamp_ns and f.pose_stamps_ns[-1] >= f.lidar.stamp_ns + 100_000_000
+    assert np.all(np.diff(f.pose_stamps_ns) == 10_000_000)
+    assert f.lidar.t_offset_ns.min() >= 0 and f.lidar.t_offset_ns.max() < 100_000_000
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(frames=0), "--frames"),
+    (dict(frames=-3), "--frames"),
+    (dict(fmt="rosbag1"), "--format"),
+    (dict(seed=-1), "--seed"),
+])
+def test_bad_parameters_are_refused(tmp_path, kwargs, field):
+    args = dict(out=tmp_path / "drive", frames=2, seed=0, fmt="rosbag2", overwrite=False) | kwargs
+    with pytest.raises(ConfigError) as err:
+        check_params(**args)
+    assert field in str(err.value)
+
+
+def test_existing_output_is_refused(tmp_path):
+    (tmp_path / "drive").mkdir()
+    with pytest.raises(ConfigError, match="already exists"):
+        check_params(tmp_path / "drive", 2, 0, "rosbag2", False)
