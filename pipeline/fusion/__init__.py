@@ -1,0 +1,1 @@
+"""Fusion of camera masks with LiDAR: per-point labels, 3D objects, lane lines, ego motion."""

@@ -1,0 +1,73 @@
+"""Fusion of one synced frame: ego motion, per-point labels, 3D objects, lane lines."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config import Taxonomy
+from pipeline.fusion.config import FusionConfig
+from pipeline.fusion.label import CameraView, InstanceMap, fuse
+from pipeline.fusion.lanes import extract_lanes
+from pipeline.fusion.objects import extract_objects
+from pipeline.types import FusedCloud, LaneLine, LidarSweep, Object3D
+
+
+@dataclass
+class CameraMasks:
+    """One camera's masks for a frame (either may be None)."""
+
+    camera: str                      # rig camera name
+    stamp_ns: int                    # exposure time
+    semantic: np.ndarray | None      # (H, W) uint8
+    instances: InstanceMap | None
+
+
+@dataclass
+class Poses:
+    stamps_ns: np.ndarray            # (M,)
+    T_world_from_base: np.ndarray    # (M, 4, 4)
+
+
+@dataclass
+class FusionResult:
+    cloud: FusedCloud
+    objects: list[Object3D]
+    lanes: list[LaneLine]
+    points_base: np.ndarray          # (N, 3) base frame, at the first camera's time when compensated
+    ego_motion_applied: bool
+    max_motion_m: float              # largest shift ego-motion compensation applied to a point
+
+
+def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConfig, taxonomy: Taxonomy,
+               poses: Poses | None = None) -> FusionResult:
+    """``rig``: a calibration.rig.Rig holding the cameras named in ``masks`` and ``sweep.lidar_id``
+    (or its only LiDAR)."""
+    from calibration.motion import compensate_ego_motion
+
+    lidar_name = sweep.lidar_id if sweep.lidar_id in rig.lidar_names else None
+    lidar = rig.lidar(lidar_name)
+    points = sweep.points
+    compensate = (cfg.ego_motion and poses is not None and sweep.t_offset_ns is not None and len(points) > 0)
+    views, moved = [], []
+    for m in masks:
+        cam = rig.camera(m.camera)
+        pts_cam_time = None
+        if compensate:
+            pts_cam_time = compensate_ego_motion(points, sweep.stamp_ns, sweep.t_offset_ns, poses.stamps_ns,
+                                                 poses.T_world_from_base, lidar.T_base_from_lidar, m.stamp_ns)
+            moved.append(pts_cam_time)
+        inst = m.instances
+        if inst is not None and cfg.edge_mode == "erode":
+            inst = inst.eroded(cfg.erode_px)
+        views.append(CameraView(cam.name, cam.model, rig.T_cam_from_lidar(cam.name, lidar.name), m.semantic, inst,
+                                pts_cam_time))
+    cloud = fuse(points, views, cfg, stamp_ns=sweep.stamp_ns, ignore_id=taxonomy.ignore_id)
+    ref = moved[0] if moved else points
+    T = lidar.T_base_from_lidar
+    points_base = ref[:, :3].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
+    max_motion = float(np.max(np.linalg.norm(moved[0][:, :3] - points[:, :3], axis=1))) if moved else 0.0
+    objects = extract_objects(cloud, points_base, cfg)
+    lane_id, road_id = taxonomy.id("lane_marking"), taxonomy.id("road")
+    lanes = extract_lanes(points_base, cloud.class_id == lane_id, cloud.class_id == road_id, cfg)
+    return FusionResult(cloud, objects, lanes, points_base, bool(moved), max_motion)
