@@ -38,6 +38,7 @@ from calibration import validate
 from calibration.camera import CameraModel, FisheyeCamera, PinholeCamera, RectifiedCamera
 from calibration.rig import CameraSensor, LidarSensor, Rig
 from calibration.transforms import R_from_quat_xyzw, make_T, quat_xyzw_from_R
+from pipeline.config import MISSING, check_unknown_keys, get_key, load_yaml
 from pipeline.errors import CalibrationError
 
 FORMAT = "segfuse-rig"
@@ -52,20 +53,8 @@ _LIDAR_KEYS = {"name", "frame_id", "T_base_from_lidar"}
 
 def read_rig_yaml(path: str | Path) -> Rig:
     """Load and validate a rig YAML file."""
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError("rig file not found", path=path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise CalibrationError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"cannot read rig file: {exc}", path=path) from None
-    return rig_from_dict(data, path=path)
+    return rig_from_dict(load_yaml(path, error=CalibrationError), path=path)
 
 
 def rig_from_dict(data: Any, *, path: str | Path | None = None) -> Rig:
@@ -166,28 +155,12 @@ def _transform(d: dict, path, field: str) -> np.ndarray:
     return make_T(R_from_quat_xyzw(q), t)
 
 
-_MISSING = object()
-
-
-def _get(d: dict, key: str, kind: type, path, pre: str, default: Any = _MISSING) -> Any:
-    if key not in d:
-        if default is _MISSING:
-            raise CalibrationError("required key is missing", path=path, field=pre + key)
-        return default
-    v = d[key]
-    if kind is float and isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, bool) or not isinstance(v, kind):
-        names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a mapping"}
-        raise CalibrationError(f"expected {names.get(kind, kind.__name__)}, got {v!r}", path=path, field=pre + key)
-    return v
+def _get(d: dict, key: str, kind: type, path, pre: str, default: Any = MISSING) -> Any:
+    return get_key(d, key, kind, path=path, prefix=pre, default=default, error=CalibrationError)
 
 
 def _no_unknown(d: dict, allowed: set[str], path, pre: str) -> None:
-    unknown = sorted(set(d) - allowed, key=str)
-    if unknown:
-        raise CalibrationError(f"unknown key (allowed: {', '.join(sorted(allowed))})", path=path,
-                               field=f"{pre}{unknown[0]}")
+    check_unknown_keys(d, allowed, path=path, prefix=pre, error=CalibrationError)
 
 
 # --- writing ----------------------------------------------------------------------------------

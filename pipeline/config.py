@@ -11,54 +11,55 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, SegfuseError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 TAXONOMY_PATH = CONFIG_DIR / "classes.yaml"
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; raise ConfigError naming the file on any problem."""
+def load_yaml(path: str | Path, *, error: type[SegfuseError] = ConfigError) -> dict[str, Any]:
+    """Read a YAML mapping; raise ``error`` (ConfigError by default) naming the file on any problem."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError("file not found", path=path)
+        raise error("file not found", path=path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=path) from exc
+        raise error(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read file: {exc}", path=path) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"top level must be a mapping, got {type(data).__name__}", path=path)
+        raise error(f"top level must be a mapping, got {type(data).__name__}", path=path)
     return data
 
 
-_MISSING = object()
+MISSING = object()
 
 
-def get_key(data: dict[str, Any], key: str, kind: type | tuple[type, ...], *, path: str | Path,
-            default: Any = _MISSING, prefix: str = "") -> Any:
-    """Fetch ``data[key]`` checking its type; errors name ``prefix.key`` and the file."""
+def get_key(data: dict[str, Any], key: str, kind: type | tuple[type, ...], *, path: str | Path | None,
+            default: Any = MISSING, prefix: str = "", error: type[SegfuseError] = ConfigError) -> Any:
+    """Fetch ``data[key]`` checking its type; errors (``error``) name ``prefix.key`` and the file."""
     name = f"{prefix}{key}"
     if key not in data:
-        if default is _MISSING:
-            raise ConfigError("required key is missing", path=path, field=name)
+        if default is MISSING:
+            raise error("required key is missing", path=path, field=name)
         return default
     value = data[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; do not accept it where a number is wanted.
     if isinstance(value, bool) and bool not in kinds:
-        raise ConfigError(f"expected {_kind_name(kinds)}, got a boolean", path=path, field=name)
+        raise error(f"expected {_kind_name(kinds)}, got a boolean", path=path, field=name)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, kinds):
-        raise ConfigError(f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}",
-                          path=path, field=name)
+        raise error(f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}", path=path, field=name)
     return value
 
 
@@ -67,11 +68,11 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
                         float: "a number", bool: "a boolean"}.get(k, k.__name__) for k in kinds)
 
 
-def check_unknown_keys(data: dict[str, Any], allowed: set[str], *, path: str | Path, prefix: str = "") -> None:
-    unknown = sorted(set(data) - allowed)
+def check_unknown_keys(data: dict[str, Any], allowed: set[str], *, path: str | Path | None, prefix: str = "",
+                       error: type[SegfuseError] = ConfigError) -> None:
+    unknown = sorted(set(data) - allowed, key=str)
     if unknown:
-        raise ConfigError(f"unknown key (allowed: {', '.join(sorted(allowed))})", path=path,
-                          field=f"{prefix}{unknown[0]}")
+        raise error(f"unknown key (allowed: {', '.join(sorted(allowed))})", path=path, field=f"{prefix}{unknown[0]}")
 
 
 @dataclass(frozen=True)
