@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="rosbag2", help=f"one of {', '.join(FORMATS)} (default rosbag2)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="camera resolution factor (1.0 = 1242x375, KITTI-like)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="rendering processes (default: min(2, CPU cores)); the drive is the same for any number")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -25,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.sim.simulate import simulate
 
     summary = simulate(args.out, frames=args.frames, seed=args.seed, fmt=args.format, scale=args.scale,
-                       overwrite=args.overwrite, progress=not args.no_progress)
+                       overwrite=args.overwrite, progress=not args.no_progress, workers=args.workers)
     print(summary.render())
     return 0

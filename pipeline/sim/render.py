@@ -174,14 +174,14 @@ class Renderer:
         self._noise_bank = bank_rng.normal(0, lighting.noise_dn, 2 * H * W * 3 + 1).astype(np.float32)
 
     # -- ray casting ----------------------------------------------------------------------
-    def _thing_scene(self, sub: _ThingSubset, t_s: float, return_vertices: bool = False):
+    def _thing_scene(self, sub: _ThingSubset, t_s: float):
         if len(sub.faces) == 0:
-            return (None, None) if return_vertices else None
+            return None
         R, t = self.world.agent_poses(sub.agents(), t_s)
         verts = (np.einsum("nij,nj->ni", R[sub.local_agent], sub.vertices) + t[sub.local_agent]).astype(np.float32)
         scene = self._o3d.t.geometry.RaycastingScene()
         scene.add_triangles(self._o3d.core.Tensor(verts), self._o3d.core.Tensor(sub.faces))
-        return (scene, verts) if return_vertices else scene
+        return scene
 
     def _cast(self, scene, rays: np.ndarray):
         r = scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=0)
@@ -252,9 +252,9 @@ class Renderer:
         rays[:, 3:] = dirs_w
         ego_s = self.world.ego_s0_m + self.world.ego_speed_mps * t_s
         sub = self._things.subset(self._things.near(self.world, t_s, ego_s, 160.0))
-        scene, verts = self._thing_scene(sub, t_s, return_vertices=True)
-        # Things can only be hit inside the image rectangles their vertices project to.
-        thing_px = self._thing_pixels(sub, verts, np.linalg.inv(T_world_from_cam)) if scene is not None else None
+        scene = self._thing_scene(sub, t_s)
+        # Things can only be hit inside the image rectangles their boxes project to.
+        thing_px = self._thing_pixels(sub, t_s, np.linalg.inv(T_world_from_cam)) if scene is not None else None
         hits = self._cast_both(rays, [(scene, thing_px)], sub)
         hit = np.isfinite(hits.t)
         pts = o.astype(np.float32) + dirs_w * np.where(hit, hits.t, 0)[:, None]
@@ -270,30 +270,38 @@ class Renderer:
         image = np.clip(img, 0, 255).astype(np.uint8).reshape(H, W, 3)
         return CameraRender(image, cls.reshape(H, W), inst.reshape(H, W), depth.reshape(H, W))
 
-    def _thing_pixels(self, sub: "_ThingSubset", verts: np.ndarray, T_cam_from_world: np.ndarray) -> np.ndarray:
-        """Indices of the pixels inside the union of the things' projected bounding rectangles."""
+    def _thing_pixels(self, sub: "_ThingSubset", t_s: float, T_cam_from_world: np.ndarray) -> np.ndarray:
+        """Indices of the pixels inside the union of the things' projected bounding rectangles:
+        each agent's box (5% larger), clipped at the camera's near plane, projected."""
         cam = self.camera
         H, W = cam.height, cam.width
-        pc = verts @ T_cam_from_world[:3, :3].T.astype(np.float32) + T_cam_from_world[:3, 3].astype(np.float32)
-        n_agents = len(sub.agent_idx)
-        z = pc[:, 2]
-        front = z > 0.05
-        uv = (pc[:, :2] / np.where(front, z, 1.0)[:, None]) * [cam.K[0, 0], cam.K[1, 1]] + [cam.K[0, 2], cam.K[1, 2]]
+        agents = sub.agents()
+        if not agents:
+            return np.zeros(0, np.int64)
+        R, t = self.world.agent_poses(agents, t_s)
+        size = np.array([a.size_m for a in agents]) * 1.05
+        signs = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (0.0, 1.0)])
+        local = signs[None, :, :] * size[:, None, :] + np.array([0, 0, -0.025])[None, None, :] * size[:, None, :]
+        corners_w = np.einsum("kij,kcj->kci", R, local) + t[:, None, :]           # (K, 8, 3)
+        c = corners_w @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
+        near = 0.05
+        # the box's 12 edges: corner pairs differing in one coordinate
+        edges = [(i, j) for i in range(8) for j in range(i + 1, 8) if bin(i ^ j).count("1") == 1]
+        a_, b_ = c[:, [e[0] for e in edges]], c[:, [e[1] for e in edges]]
+        za, zb = a_[..., 2], b_[..., 2]
+        cross = (za - near) * (zb - near) < 0
+        f = np.where(cross, (near - za) / np.where(cross, zb - za, 1.0), 0.0)
+        clip_pts = a_ + f[..., None] * (b_ - a_)                                      # on the near plane
+        pts = np.concatenate([c, np.where(cross[..., None], clip_pts, np.nan)], axis=1)
+        front = pts[..., 2] >= near - 1e-9
+        z = np.where(front, pts[..., 2], np.nan)
+        u = cam.K[0, 0] * pts[..., 0] / z + cam.K[0, 2]
+        v = cam.K[1, 1] * pts[..., 1] / z + cam.K[1, 2]
         mask = np.zeros((H, W), bool)
-        a = sub.local_agent
-        any_front = np.bincount(a, front, n_agents) > 0
-        all_front = np.bincount(a, front, n_agents) == np.bincount(a, minlength=n_agents)
-        big = np.float32(1e9)
-        umin = np.full(n_agents, big); umax = np.full(n_agents, -big)
-        vmin = np.full(n_agents, big); vmax = np.full(n_agents, -big)
-        np.minimum.at(umin, a[front], uv[front, 0]); np.maximum.at(umax, a[front], uv[front, 0])
-        np.minimum.at(vmin, a[front], uv[front, 1]); np.maximum.at(vmax, a[front], uv[front, 1])
-        for i in np.flatnonzero(any_front):
-            if not all_front[i]:           # straddles the image plane: its rectangle is unbounded
-                u0, u1, v0, v1 = 0, W, 0, H
-            else:
-                u0, u1 = int(max(np.floor(umin[i]) - 1, 0)), int(min(np.ceil(umax[i]) + 2, W))
-                v0, v1 = int(max(np.floor(vmin[i]) - 1, 0)), int(min(np.ceil(vmax[i]) + 2, H))
+        for k in np.flatnonzero(front.any(axis=1)):
+            uk, vk = u[k][front[k]], v[k][front[k]]
+            u0, u1 = int(max(np.floor(uk.min()) - 2, 0)), int(min(np.ceil(uk.max()) + 3, W))
+            v0, v1 = int(max(np.floor(vk.min()) - 2, 0)), int(min(np.ceil(vk.max()) + 3, H))
             if u0 < u1 and v0 < v1:
                 mask[v0:v1, u0:u1] = True
         return np.flatnonzero(mask.reshape(-1))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,9 +56,18 @@ def check_params(out: str | Path, frames: int, seed: int, fmt: str, overwrite: b
     return out
 
 
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def simulate(out: str | Path, *, frames: int, seed: int = 0, fmt: str = "rosbag2", scale: float = 1.0,
-             overwrite: bool = False, progress: bool = True) -> SimSummary:
-    """Render `frames` frames of drive `seed` and record them atomically at `out`."""
+             overwrite: bool = False, progress: bool = True, workers: int | None = None) -> SimSummary:
+    """Render `frames` frames of drive `seed` and record them atomically at `out`.
+
+    ``workers`` > 1 renders frames in that many processes (Open3D's ray casting holds the GIL,
+    so threads cannot use a second core); each rebuilds the same world from the seed and the
+    frames come back in order, so the drive is identical whatever the number of workers.
+    """
     from tqdm import tqdm
 
     from pipeline.drive.io import open_writer
@@ -65,6 +76,9 @@ def simulate(out: str | Path, *, frames: int, seed: int = 0, fmt: str = "rosbag2
     out = check_params(out, frames, seed, fmt, overwrite)
     if not 0.05 <= scale <= 2.0:
         raise ConfigError(f"must be within 0.05..2, got {scale}", field="--scale")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"must be >= 1, got {workers}", field="--workers")
     config = SimConfig() if scale == 1.0 else SimConfig().scaled(scale)
     t0 = time.perf_counter()
     sim = Simulator(seed, frames, config)
@@ -73,9 +87,9 @@ def simulate(out: str | Path, *, frames: int, seed: int = 0, fmt: str = "rosbag2
     pts = np.zeros(tax.num_classes, np.int64)
     n_points = 0
     instances: set[int] = set()
-    with open_writer(out, sim.calib, sim.meta, format=fmt, overwrite=overwrite) as writer:
-        for sf in tqdm(sim.frames(), total=frames, desc="sim", unit="frame", disable=not progress):
-            f = sf.frame
+    with open_writer(out, sim.calib, sim.meta, format=fmt, overwrite=overwrite) as writer, \
+            _rendered(sim, workers) as rendered:
+        for f in tqdm(rendered, total=frames, desc="sim", unit="frame", disable=not progress):
             writer.write(f)
             pix += np.bincount(f.semantic.reshape(-1), minlength=tax.num_classes)[: tax.num_classes]
             pts += np.bincount(f.point_class, minlength=tax.num_classes)[: tax.num_classes]
@@ -88,3 +102,36 @@ def simulate(out: str | Path, *, frames: int, seed: int = 0, fmt: str = "rosbag2
                          {n: int(pts[i]) for i, n in enumerate(tax.names)}, len(instances))
     log.info("wrote %s (%d frames, %.2f frames/s)", out, frames, summary.frames_per_s)
     return summary
+
+
+# -- rendering in worker processes ----------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(seed: int, frames: int, config) -> None:
+    from pipeline.sim.generate import Simulator
+
+    _WORKER["sim"] = Simulator(seed, frames, config)
+
+
+def _render_in_worker(index: int):
+    return _WORKER["sim"].render(index).frame
+
+
+@contextmanager
+def _rendered(sim, workers: int):
+    """Yields an iterator of the drive's frames in order, rendered here or in worker processes."""
+    if workers == 1 or sim.num_frames < 4:
+        yield (sf.frame for sf in sim.frames())
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(sim.seed, sim.num_frames, sim.config)) as pool:
+        try:
+            yield pool.map(_render_in_worker, range(sim.num_frames))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
