@@ -308,41 +308,37 @@ class Renderer:
 
     def _shade(self, hits: _Hits, pts: np.ndarray, dirs: np.ndarray, albedo: np.ndarray, hit: np.ndarray,
                thing_scene) -> np.ndarray:
-        """Linear BGR radiance per pixel: Lambert + ambient, sun shadows, texture, haze, sky."""
+        """Linear BGR radiance per pixel: Lambert + ambient, sun shadows, texture, haze, sky.
+        Works on whole arrays (no gathers): sky pixels are cheap and selected at the end."""
         light, st = self.light, self.world.static
         f32 = np.float32
         sun, sun_c = light.sun_dir_world.astype(f32), light.sun_bgr.astype(f32)
         amb, horizon, zenith = light.ambient_bgr.astype(f32), light.sky_horizon_bgr.astype(f32), light.sky_zenith_bgr.astype(f32)
-        out = np.empty((len(dirs), 3), f32)
-        sky = np.flatnonzero(~hit)
-        if len(sky):
-            ds = dirs[sky]
-            el = np.sqrt(np.clip(ds[:, 2:3], 0, 1))
-            glow = np.clip(ds @ sun, 0, 1)[:, None] ** 48
-            out[sky] = horizon * (1 - el) + zenith * el + f32(0.6) * glow * sun_c
-        idx = np.flatnonzero(hit)
-        if len(idx) == 0:
-            return out
-        p, n, a = pts[idx], hits.normal[idx], albedo[idx]
-        flip = np.einsum("ij,ij->i", n, dirs[idx]) > 0
-        n[flip] *= -1
-        dyn = hits.dynamic[idx]
-        tex = st.tri_tex[np.where(dyn, 0, hits.prim[idx])]
-        tex[dyn] = 0
-        a *= _texture(tex, p, n)[:, None]
+        n = hits.normal
+        n *= np.where(np.einsum("ij,ij->i", n, dirs) > 0, f32(-1), f32(1))[:, None]     # face the camera
+        tex = st.tri_tex[np.where(hits.dynamic | ~hit, 0, hits.prim)]
+        tex[hits.dynamic] = 0
+        albedo *= _texture(tex, pts, n)[:, None]
         lambert = np.clip(n @ sun, 0, 1)
+        lambert[~hit] = 0
         if light.shadows:
             li = np.flatnonzero(lambert > 0)
             srays = np.empty((len(li), 6), f32)
-            srays[:, :3] = p[li] + n[li] * f32(0.03)
+            srays[:, :3] = pts[li] + n[li] * f32(0.03)
             srays[:, 3:] = sun
             occ = self._static.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
             if thing_scene is not None:
                 occ |= thing_scene.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
             lambert[li[occ]] = 0
         shade = amb * (f32(0.75) + f32(0.25) * n[:, 2:3]) + lambert[:, None] * sun_c
-        fog = np.exp(-hits.t[idx] / f32(light.fog_m))[:, None]
-        out[idx] = a * shade * fog + horizon * (1 - fog)
+        fog = np.exp(-np.where(hit, hits.t, 0) / f32(light.fog_m))[:, None]
+        out = albedo * shade * fog + horizon * (1 - fog)
+        sky = np.flatnonzero(~hit)
+        if len(sky):
+            ds = dirs[sky]
+            el = np.sqrt(np.clip(ds[:, 2:3], 0, 1))
+            glow = np.clip(ds @ sun, 0, 1)[:, None] ** 48
+            out[sky] = horizon * (1 - el) + zenith * el + f32(0.6) * glow * sun_c
         return out
 
     # -- LiDAR ----------------------------------------------------------------------------
