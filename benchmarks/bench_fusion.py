@@ -41,7 +41,14 @@ def _timeit(fn, repeats: int = REPEATS) -> np.ndarray:
 
 
 def main() -> None:
+    from threadpoolctl import threadpool_limits
+
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    with threadpool_limits(limits=1):      # single thread for both: no BLAS threads in the baseline either
+        _speed()
+
+
+def _speed() -> None:
     from calibration.motion import compensate_ego_motion
     from calibration.rig import rig_from_drive_calib
     from pipeline.fusion.config import FusionConfig
@@ -69,3 +76,44 @@ def main() -> None:
     comp = _timeit(lambda: compensate_ego_motion(pts, f.lidar.stamp_ns, f.lidar.t_offset_ns, f.pose_stamps_ns,
                                                  f.T_world_from_base, sim.calib.T_base_from_lidar, f.camera.stamp_ns))
     print(f"ego-motion compensation: {np.median(comp) * 1e3:.2f} ms/cloud, {n / np.median(comp) / 1e6:.1f} Mpoints/s")
+    quality()
+
+
+def quality() -> None:
+    """The README's fusion-quality table: ground-truth masks of seed 11, frames 0, 14, 29."""
+    from calibration.projection import project_lidar
+    from calibration.rig import rig_from_drive_calib
+    from pipeline.config import load_taxonomy
+    from pipeline.fusion.config import FusionConfig
+    from pipeline.fusion.frame import CameraMasks, Poses, fuse_frame
+    from pipeline.fusion.label import InstanceMap
+    from pipeline.sim.generate import Simulator
+
+    tax = load_taxonomy()
+    sim = Simulator(seed=11, num_frames=30)
+    rig = rig_from_drive_calib(sim.calib)
+    cam = rig.cameras[0]
+    rows = {True: [], False: []}
+    for i in (0, 14, 29):
+        sf = sim.render(i)
+        f = sf.frame
+        masks = [CameraMasks(cam.name, f.camera.stamp_ns, f.semantic, InstanceMap.from_id_image(f.instance, f.semantic))]
+        for occlusion in (True, False):
+            r = fuse_frame(f.lidar, masks, rig, FusionConfig(occlusion=occlusion), tax, Poses(f.pose_stamps_ns, f.T_world_from_base))
+            T_cb = np.linalg.inv(cam.T_base_from_cam)
+            pc = r.points_base @ T_cb[:3, :3].T + T_cb[:3, 3]
+            proj = project_lidar(pc.astype(np.float32), np.eye(4), cam.model, min_depth_m=1.0)
+            idx, px = proj.index, proj.pixels
+            d, z_cam = proj.depth_m[idx], sf.camera_depth_m[px[:, 1], px[:, 0]]
+            vis, hid = idx[np.abs(z_cam - d) < 0.1 + 0.02 * d], idx[d > z_cam + 0.5]
+            c = r.cloud
+            pred = np.where(c.instance_id[vis] >= 0, c.instance_id[vis] % 65536, 0)
+            true = f.point_instance[vis].astype(np.int64)
+            rows[occlusion].append([(c.class_id[vis] == f.point_class[vis]).mean(),
+                                    ((c.class_id[hid] != f.point_class[hid]) & (c.class_id[hid] != tax.ignore_id)).mean(),
+                                    (pred[pred > 0] == true[pred > 0]).mean(), (pred[true > 0] == true[true > 0]).mean()])
+    on, off = np.mean(rows[True], axis=0) * 100, np.mean(rows[False], axis=0) * 100
+    print("\nfusion quality, ground-truth masks (seed 11, frames 0/14/29)   depth test on   off")
+    for k, name in enumerate(["class accuracy, points the camera sees", "camera-hidden points given a wrong label",
+                              "instance precision, points the camera sees", "instance recall, points the camera sees"]):
+        print(f"  {name:<58}{on[k]:>7.2f} %{off[k]:>8.2f} %")
