@@ -161,28 +161,14 @@ def _calib_time(stamp_ns: int) -> str:
 # --- Calibration files --------------------------------------------------------------------------
 
 def parse_calib_file(path: str | Path) -> dict[str, Any]:
-    """A KITTI ``key: values`` calibration file -> {key: float64 array}; ``calib_time`` stays a string."""
+    """A KITTI ``key: values`` calibration file -> {key: float64 array}; ``calib_time`` stays a
+    string. Parsed by calibration.io_util, the one reader of this format."""
+    from calibration.io_util import get_numbers, read_key_values
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CalibrationError(f"cannot read calibration: {exc.strerror or exc}", path=path) from exc
-    out: dict[str, Any] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        key, sep, value = line.partition(":")
-        key = key.strip()
-        if not sep:
-            raise CalibrationError(f"line {lineno} is not 'key: values'", path=path)
-        if key == "calib_time":
-            out[key] = value.strip()
-            continue
-        try:
-            out[key] = np.array([float(v) for v in value.split()], np.float64)
-        except ValueError as exc:
-            raise CalibrationError(f"not numbers: {value.strip()!r}", path=path, field=key) from exc
-    return out
+    raw = read_key_values(path)
+    return {key: text if key == "calib_time" else get_numbers(raw, key, len(text.split()), path=path)
+            for key, text in raw.items()}
 
 
 def _need(calib: dict[str, Any], key: str, size: int, path: Path) -> np.ndarray:
