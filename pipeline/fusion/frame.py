@@ -65,8 +65,8 @@ def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConf
     cloud = fuse(points, views, cfg, stamp_ns=sweep.stamp_ns, ignore_id=taxonomy.ignore_id)
     ref = moved[0] if moved else points
     T = lidar.T_base_from_lidar
-    points_base = ref[:, :3].astype(np.float64) @ T[:3, :3].T + T[:3, 3]
-    max_motion = float(np.max(np.linalg.norm(moved[0][:, :3] - points[:, :3], axis=1))) if moved else 0.0
+    points_base = ref[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
+    max_motion = float(np.sqrt(np.max(np.sum((moved[0][:, :3] - points[:, :3]) ** 2, axis=1)))) if moved else 0.0
     objects = extract_objects(cloud, points_base, cfg)
     lane_id, road_id = taxonomy.id("lane_marking"), taxonomy.id("road")
     lanes = extract_lanes(points_base, cloud.class_id == lane_id, cloud.class_id == road_id, cfg)
