@@ -1,0 +1,228 @@
+"""`segfuse engines quantize`: INT8 post-training quantization to a Q/DQ ONNX, and FP16 AutoCast.
+
+INT8 uses NVIDIA Model Optimizer's ONNX PTQ (``modelopt.onnx.quantization.quantize``)
+with ONNX Runtime's CPU execution provider for calibration, so it runs on a machine
+without a GPU. Calibration frames come from recorded drives (or image folders) and are
+checked first (``engines.frames.check_calibration_frames``): at least 500 by default, and
+noise, blank or repeated frames are refused (Model Optimizer falls back to *random* data
+when given none; we never let it). Entropy or max calibration; the first convolution, the
+classifier and the mask head can be kept in higher precision.
+
+The result is an explicitly quantized ONNX: ONNX Runtime runs it on the CPU (integer
+kernels), and TensorRT builds it into an INT8 engine (strongly typed from 10.12, with the
+INT8 flag and no calibrator below).
+
+FP16 uses Model Optimizer's AutoCast (``modelopt.onnx.autocast``), which keeps nodes whose
+values would overflow FP16 in FP32: this is how the strongly typed TensorRT path gets an
+FP16 network, and it also lets ONNX Runtime compare FP16 against FP32 on the CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+from io import StringIO
+import logging
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engines import contracts as C
+from engines.frames import DEFAULT_MIN_CALIBRATION_FRAMES, check_calibration_frames
+from pipeline.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_METHODS = ("entropy", "max")
+QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm"]        # not MatMul: the static NMS counts overlaps with it
+
+
+@dataclass
+class QuantizeReport:
+    path: str
+    precision: str
+    method: str
+    frames: int
+    kept_high_precision: list[str] = field(default_factory=list)
+    qdq_nodes: int = 0
+    quantized_ops: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        return [f"quantized to {self.precision} -> {self.path}",
+                f"  Model Optimizer ONNX PTQ, {self.method} calibration on {self.frames} frames, {self.seconds:.1f} s",
+                f"  {self.quantized_ops} ops quantized ({self.qdq_nodes} Q/DQ nodes); kept in higher precision: "
+                f"{', '.join(self.kept_high_precision) or 'none'}"]
+
+
+def _import_modelopt_quantize():
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise EngineError(f"NVIDIA Model Optimizer is not usable here ({exc}); install it with "
+                          "pip install nvidia-modelopt onnxslim onnxscript lief onnx-graphsurgeon",
+                          field="quantize") from exc
+    return quantize
+
+
+def higher_precision_nodes(model, kind: str | None, *, keep_first_conv: bool = True, keep_classifier: bool = True,
+                           keep_mask_head: bool = True) -> dict[str, list[str]]:
+    """Names of the nodes to leave unquantized, per reason."""
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm")]
+    out: dict[str, list[str]] = {}
+    if not convs:
+        return out
+    if keep_first_conv:
+        out["first conv"] = [convs[0].name]
+    if keep_classifier:
+        if kind == "maskrcnn":
+            names = [n.name for n in convs if re.search(r"box_predictor|rpn_head.*(cls_logits|bbox_pred)", n.name)]
+        else:
+            names = [n.name for n in convs if re.search(r"/classifier\.4/", n.name)] or [convs[-1].name]
+        out["classifier"] = names
+    if keep_mask_head and kind == "maskrcnn":
+        out["mask head"] = [n.name for n in convs if re.search(r"mask_head|mask_predictor|mask", n.name)]
+    return {k: v for k, v in out.items() if v}
+
+
+class FrameReader:
+    """An onnxruntime CalibrationDataReader over resized frames: one [1,3,H,W] batch at a time."""
+
+    def __init__(self, frames_hwc: Sequence[np.ndarray]):
+        self.frames = frames_hwc
+        self.i = 0
+
+    @staticmethod
+    def _feed(image: np.ndarray) -> dict[str, np.ndarray]:
+        return {"images": np.ascontiguousarray(image.transpose(2, 0, 1)[None, ::-1], dtype=np.float32)}
+
+    def get_next(self):
+        if self.i >= len(self.frames):
+            return None
+        self.i += 1
+        return self._feed(self.frames[self.i - 1])
+
+    def get_first(self):            # Model Optimizer's test run, without advancing
+        return self._feed(self.frames[0])
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def set_range(self, start_index: int, end_index: int) -> None:   # ORT's reader protocol
+        self.i = start_index
+
+
+def _resized(frames: Iterable[np.ndarray], input_hw: tuple[int, int],
+             limit: int | None) -> tuple[list[np.ndarray], list[str | None]]:
+    """Frames resized to the input size, and each original frame's noise verdict (judged before
+    resizing: downscaling averages noise into something smoother)."""
+    from tqdm import tqdm
+
+    from engines.frames import frame_stats
+    from pipeline.preprocess import check_image, resize_to_input
+
+    out, verdicts = [], []
+    for i, image in enumerate(tqdm(frames, desc="calibration frames", unit="frame", total=limit, leave=False)):
+        check_image(image, where=f"calibration frame {i}")
+        verdicts.append(frame_stats(image).verdict)
+        out.append(resize_to_input(image, input_hw)[0])
+        if limit is not None and len(out) >= limit:
+            break
+    return out, verdicts
+
+
+def quantize_int8(onnx_path: str | Path, out_path: str | Path, frames: Iterable[np.ndarray], *,
+                  method: str = "entropy", min_frames: int = DEFAULT_MIN_CALIBRATION_FRAMES,
+                  max_frames: int | None = None, keep_first_conv: bool = True, keep_classifier: bool = True,
+                  keep_mask_head: bool = True, high_precision: str = "fp32", source: str | Path | None = None,
+                  calibration_eps: Sequence[str] = ("cpu",)) -> QuantizeReport:
+    """Calibrate on ``frames`` (BGR uint8 camera images) and write a Q/DQ INT8 ONNX to ``out_path``."""
+    import onnx
+
+    if method not in CALIBRATION_METHODS:
+        raise EngineError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}",
+                          field="method")
+    if high_precision not in ("fp32", "fp16"):
+        raise EngineError("high precision must be fp32 (runs on ONNX Runtime CPU) or fp16", field="high_precision")
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    io = C.read_onnx_io(onnx_path)
+    kind = C.guess_kind(io.outputs, io.metadata)
+    info = C.check_contract(kind or "deeplab", io.inputs, io.outputs, path=onnx_path)
+    if info.batch not in (1, None):
+        raise EngineError("quantize a batch-1 (or dynamic batch) export", path=onnx_path, field="inputs.images")
+    t0 = time.perf_counter()
+    resized, verdicts = _resized(frames, info.input_hw, max_frames)
+    check_calibration_frames(resized, min_frames=min_frames, source=source, verdicts=verdicts)
+    model = onnx.load(str(onnx_path))
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        raise EngineError("this ONNX is already quantized (it has Q/DQ nodes)", path=onnx_path)
+    keep = higher_precision_nodes(model, info.kind, keep_first_conv=keep_first_conv,
+                                  keep_classifier=keep_classifier, keep_mask_head=keep_mask_head)
+    exclude = [f"^{re.escape(n)}$" for names in keep.values() for n in names]
+    quantize = _import_modelopt_quantize()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    log.info("calibrating %s on %d frames (%s)", onnx_path.name, len(resized), method)
+    with tempfile.TemporaryDirectory() as tmp:
+        # Model Optimizer writes intermediate files beside its input: work on a private copy
+        src = Path(tmp) / onnx_path.name
+        src.write_bytes(onnx_path.read_bytes())
+        chatter = StringIO()       # onnxruntime's calibrator print()s progress lines
+        try:
+            with contextlib.redirect_stdout(chatter):
+                quantize(str(src), quantize_mode="int8", calibration_data_reader=FrameReader(resized),
+                         calibration_method=method, calibration_eps=list(calibration_eps),
+                         op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude or None,
+                         high_precision_dtype=high_precision, output_path=str(out_path), log_level="WARNING")
+            log.debug("%s", chatter.getvalue())
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"Model Optimizer quantization failed: {exc}", path=onnx_path) from exc
+    qmodel = onnx.load(str(out_path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    meta[C.META_PRECISION] = "int8"
+    meta["segfuse.calibration"] = f"{method}, {len(resized)} frames" + (f" from {source}" if source else "")
+    from engines.export import set_metadata
+
+    set_metadata(qmodel, meta)
+    onnx.save(qmodel, str(out_path))
+    qio = C.read_onnx_io(out_path)
+    C.check_contract(info.kind, qio.inputs, qio.outputs, path=out_path)
+    ops = [n for n in qmodel.graph.node]
+    qdq = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in ops)
+    dq_inputs = {n.output[0] for n in ops if n.op_type == "DequantizeLinear"}
+    quantized = sum(1 for n in ops if n.op_type in QUANTIZED_OPS and any(i in dq_inputs for i in n.input))
+    if qdq == 0:
+        raise EngineError("quantization produced no Q/DQ nodes", path=out_path)
+    return QuantizeReport(str(out_path), "int8", method, len(resized),
+                          [f"{k} ({len(v)})" for k, v in keep.items()], qdq, quantized, time.perf_counter() - t0)
+
+
+def autocast_fp16(onnx_path: str | Path, out_path: str | Path, *, keep_io_types: bool = True,
+                  nodes_to_exclude: Sequence[str] | None = None) -> Path:
+    """FP32 ONNX -> mixed FP16/FP32 ONNX with Model Optimizer AutoCast (I/O types kept)."""
+    import onnx
+
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as exc:
+        raise EngineError(f"NVIDIA Model Optimizer AutoCast is not usable here ({exc})", field="precision") from exc
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    io = C.read_onnx_io(onnx_path)
+    try:
+        converted = convert_to_mixed_precision(onnx_path=str(onnx_path), low_precision_type="fp16",
+                                               keep_io_types=keep_io_types,
+                                               nodes_to_exclude=list(nodes_to_exclude or []) or None)
+    except Exception as exc:
+        raise EngineError(f"AutoCast to FP16 failed: {exc}", path=onnx_path) from exc
+    meta = dict(io.metadata)
+    meta[C.META_PRECISION] = "fp16"
+    from engines.export import set_metadata
+
+    set_metadata(converted, meta)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(converted, str(out_path))
+    return out_path
