@@ -19,6 +19,7 @@ log = logging.getLogger("segfuse")
 COMMAND_MODULES = (
     "pipeline.sim.cli",
     "pipeline.demo",
+    "pipeline.run_cli",
     "calibration.cli",
     "pipeline.fusion.cli",
     "engines.cli",

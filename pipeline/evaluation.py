@@ -1,0 +1,233 @@
+"""``segfuse eval``: fusion metrics of a run recording against the drive's ground truth.
+
+Frames are matched by the LiDAR sweep stamp (the recorder keeps the input stamps and the
+points in the input's order). Metrics:
+
+- **per-point class accuracy**: of the points the run labelled (class != ignore) whose true
+  class is known, the fraction labelled with the true class; plus the coverage (labelled /
+  points inside the camera image) and the accuracy per true class;
+- **per-point instance precision / recall**: run instances are matched one-to-one to true
+  instances by point IoU (Hungarian, IoU >= 0.5); precision = points whose run instance is
+  matched to their true instance / points with a run instance; recall = the same / points of
+  a true instance inside the camera image;
+- **object centroid error**: run objects (``/segfuse/objects`` box centres, base frame at the
+  camera time) matched to the true boxes one-to-one by bird's-eye-view centre distance
+  (Hungarian, <= ``max_match_m``, same class); mean / median / p90 error, object precision, and
+  recall over the true objects the camera sees (>= ``min_visible_points`` in-image points).
+
+Model metrics (mIoU of masks against the ground-truth images) come with a later issue.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputDataError
+
+log = logging.getLogger(__name__)
+
+MAX_MATCH_M = 2.0
+MIN_VISIBLE_POINTS = 5
+INSTANCE_IOU = 0.5
+
+
+def read_recording(path: str | Path) -> dict[str, Any]:
+    """{"clouds": {lidar_stamp: structured points}, "objects": {camera_stamp: [(id, class, score, centre, size)]},
+    "status": [dict], "run_info": dict} from a segfuse run recording."""
+    from rosbags.highlevel import AnyReader
+
+    from pipeline.drive.rosbag import _cloud_fields
+    from pipeline.msgs import make_typestore
+    from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, TOPIC_RUN_INFO, TOPIC_STATUS
+
+    path = Path(path)
+    if not path.exists():
+        raise InputDataError("recording not found", path=path)
+    out: dict[str, Any] = {"clouds": {}, "objects": {}, "status": [], "run_info": {}}
+    try:
+        with AnyReader([path], default_typestore=make_typestore()) as reader:
+            topics = {c.topic for c in reader.connections}
+            if TOPIC_POINTS not in topics:
+                raise InputDataError(f"holds no {TOPIC_POINTS}: not a segfuse run recording (run 'segfuse run' on the "
+                                     "drive first; model metrics on drives come with a later issue)", path=path)
+            conns = [c for c in reader.connections if c.topic in (TOPIC_POINTS, TOPIC_OBJECTS, TOPIC_STATUS,
+                                                                 TOPIC_RUN_INFO)]
+            for conn, _, raw in reader.messages(connections=conns):
+                msg = reader.deserialize(raw, conn.msgtype)
+                if conn.topic == TOPIC_POINTS:
+                    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+                    out["clouds"][stamp] = np.array(_cloud_fields(msg, path, conn.topic))
+                elif conn.topic == TOPIC_OBJECTS:
+                    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+                    objs = []
+                    for d in msg.detections:
+                        c, s = d.bbox.center.position, d.bbox.size
+                        hyp = d.results[0].hypothesis if d.results else None
+                        objs.append((d.id, hyp.class_id if hyp else "", float(hyp.score) if hyp else 0.0,
+                                     np.array([c.x, c.y, c.z]), np.array([s.x, s.y, s.z])))
+                    out["objects"][stamp] = objs
+                elif conn.topic == TOPIC_STATUS:
+                    out["status"].append(json.loads(msg.data))
+                else:
+                    out["run_info"] = json.loads(msg.data)
+    except InputDataError:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.startswith("rosbags"):
+            raise InputDataError(f"cannot read the recording: {exc}", path=path) from exc
+        raise
+    return out
+
+
+def _hungarian(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.optimize import linear_sum_assignment
+
+    if cost.size == 0:
+        return np.zeros(0, int), np.zeros(0, int)
+    return linear_sum_assignment(cost)
+
+
+def instance_match_points(pred: np.ndarray, true: np.ndarray) -> tuple[int, int]:
+    """(points whose predicted instance is matched to their true instance, of points with a
+    predicted instance). pred: (N,) int, -1 none; true: (N,) int, 0 none."""
+    has_pred = pred >= 0
+    n_pred = int(has_pred.sum())
+    if not n_pred:
+        return 0, 0
+    p_ids, p_inv = np.unique(pred[has_pred], return_inverse=True)
+    t_all = true[has_pred]
+    t_ids = np.unique(true[true > 0])
+    if not t_ids.size:
+        return 0, n_pred
+    # overlap[i, j] = points of predicted instance i whose true instance is t_ids[j]
+    t_idx = np.searchsorted(t_ids, t_all)
+    ok = (t_idx < t_ids.size) & (t_ids[np.minimum(t_idx, t_ids.size - 1)] == t_all)
+    overlap = np.zeros((p_ids.size, t_ids.size), np.int64)
+    np.add.at(overlap, (p_inv[ok], t_idx[ok]), 1)
+    p_size = np.bincount(p_inv, minlength=p_ids.size)
+    t_size = np.array([(true == t).sum() for t in t_ids])
+    iou = overlap / np.maximum(p_size[:, None] + t_size[None, :] - overlap, 1)
+    rows, cols = _hungarian(-iou)
+    good = iou[rows, cols] >= INSTANCE_IOU
+    return int(overlap[rows[good], cols[good]].sum()), n_pred
+
+
+def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, Any]:
+    """Score ``recording`` (segfuse run output) against the ground truth of the ``truth`` drive."""
+    from pipeline.config import load_taxonomy
+    from pipeline.drive.io import open_drive
+    from pipeline.types import FLAG_OUTSIDE
+
+    tax = load_taxonomy()
+    rec = read_recording(recording)
+    nc = tax.num_classes
+    correct = labelled = in_view = 0
+    per_class_hit = np.zeros(nc, np.int64)
+    per_class_n = np.zeros(nc, np.int64)
+    inst_hit = inst_pred = inst_true = 0
+    obj_err_bev, obj_err_3d = [], []
+    obj_pred = obj_true_visible = obj_matched = 0
+    frames = missing = 0
+    with open_drive(truth) as drive:
+        for f in drive.frames(on_error="skip"):
+            cloud = rec["clouds"].get(int(f.lidar.stamp_ns))
+            if cloud is None:
+                missing += 1
+                continue
+            if f.point_class is None:
+                raise InputDataError(f"frame {f.index} has no per-point ground truth", path=Path(truth),
+                                     field="point_class")
+            if cloud.shape[0] != f.point_class.shape[0]:
+                raise InputDataError(f"frame {f.index}: the recording has {cloud.shape[0]} points, the drive "
+                                     f"{f.point_class.shape[0]}", path=Path(recording), field="/segfuse/points")
+            frames += 1
+            pred = cloud["class_id"].astype(np.int64)
+            gt = f.point_class.astype(np.int64)
+            view = (cloud["flags"] & FLAG_OUTSIDE) == 0
+            lab = (pred != tax.ignore_id) & (gt < nc)
+            hit = lab & (pred == gt)
+            correct += int(hit.sum())
+            labelled += int(lab.sum())
+            in_view += int((view & (gt < nc)).sum())
+            per_class_n += np.bincount(gt[lab], minlength=nc)[:nc]
+            per_class_hit += np.bincount(gt[hit], minlength=nc)[:nc]
+            # instances (points)
+            true_inst = f.point_instance.astype(np.int64)
+            h, n = instance_match_points(cloud["instance_id"].astype(np.int64), np.where(view, true_inst, 0))
+            inst_hit += h
+            inst_pred += n
+            inst_true += int(((true_inst > 0) & view).sum())
+            # objects
+            objs = rec["objects"].get(int(f.camera.stamp_ns), [])
+            visible = {int(i) for i, c in zip(*np.unique(true_inst[view & (true_inst > 0)], return_counts=True))
+                       if c >= MIN_VISIBLE_POINTS}
+            boxes = [b for b in f.boxes if int(b.instance_id) in visible]
+            obj_pred += len(objs)
+            obj_true_visible += len(boxes)
+            if objs and boxes:
+                pc = np.array([o[3][:2] for o in objs])
+                tc = np.array([b.center[:2] for b in boxes])
+                cost = np.linalg.norm(pc[:, None] - tc[None], axis=2)
+                same = np.array([[o[1] == tax.names[b.class_id] for b in boxes] for o in objs])
+                cost = np.where(same & (cost <= MAX_MATCH_M), cost, 1e6)
+                rows, cols = _hungarian(cost)
+                for r, c in zip(rows, cols):
+                    if cost[r, c] < 1e6:
+                        obj_matched += 1
+                        obj_err_bev.append(float(cost[r, c]))
+                        obj_err_3d.append(float(np.linalg.norm(objs[r][3] - boxes[c].center)))
+    if not frames:
+        raise InputDataError("no frame of the recording matches a LiDAR sweep of the drive (a recording of "
+                             "another drive?)", path=Path(recording))
+    camera_only = sum(1 for s in rec["status"] if s.get("lidar_missing"))
+    return {
+        "recording": str(recording), "truth": str(truth),
+        "masks": rec["run_info"].get("masks_label", rec["run_info"].get("masks", "?")),
+        "oracle": bool(rec["run_info"].get("oracle", False)),
+        "frames": {"evaluated": frames, "truth_frames_without_recorded_cloud": missing,
+                   "recorded_camera_only": camera_only},
+        "points": {"class_accuracy": correct / labelled if labelled else 0.0,
+                   "labelled": labelled, "in_view": in_view, "coverage": labelled / in_view if in_view else 0.0,
+                   "class_accuracy_by_class": {tax.names[c]: float(per_class_hit[c] / per_class_n[c])
+                                               for c in range(nc) if per_class_n[c]}},
+        "instances": {"precision": inst_hit / inst_pred if inst_pred else 0.0,
+                      "recall": inst_hit / inst_true if inst_true else 0.0,
+                      "points_with_instance": inst_pred, "true_instance_points_in_view": inst_true},
+        "objects": {"predicted": obj_pred, "true_visible": obj_true_visible, "matched": obj_matched,
+                    "precision": obj_matched / obj_pred if obj_pred else 0.0,
+                    "recall": obj_matched / obj_true_visible if obj_true_visible else 0.0,
+                    "centroid_error_bev_m": _stats(obj_err_bev), "centroid_error_3d_m": _stats(obj_err_3d),
+                    "match_radius_m": MAX_MATCH_M},
+    }
+
+
+def _stats(v: list[float]) -> dict[str, float]:
+    if not v:
+        return {}
+    a = np.asarray(v)
+    return {"mean": float(a.mean()), "median": float(np.median(a)), "p90": float(np.percentile(a, 90))}
+
+
+def render_table(m: dict[str, Any]) -> str:
+    p, i, o = m["points"], m["instances"], m["objects"]
+    bev = o["centroid_error_bev_m"]
+    rows = [
+        ("frames evaluated", f"{m['frames']['evaluated']}"),
+        ("point class accuracy", f"{100 * p['class_accuracy']:.2f} %  of {p['labelled']:,} labelled points"),
+        ("point coverage", f"{100 * p['coverage']:.1f} %  of {p['in_view']:,} points in the image"),
+        ("instance precision", f"{100 * i['precision']:.2f} %  (points)"),
+        ("instance recall", f"{100 * i['recall']:.2f} %  (points in the image)"),
+        ("objects", f"{o['matched']} matched of {o['predicted']} found, {o['true_visible']} visible "
+                    f"(precision {100 * o['precision']:.1f} %, recall {100 * o['recall']:.1f} %)"),
+        ("centroid error (BEV)", f"mean {bev['mean']:.2f} m, median {bev['median']:.2f} m, p90 {bev['p90']:.2f} m"
+         if bev else "n/a"),
+    ]
+    lines = ["", f"segfuse eval: {m['recording']} against {m['truth']}", f"  masks: {m['masks']}"]
+    lines += [f"  {k:<22}{v}" for k, v in rows]
+    if m["oracle"]:
+        lines.append("  NOTE: the run used ground-truth masks (an oracle): these numbers measure fusion, not models")
+    return "\n".join(lines)

@@ -1,0 +1,410 @@
+"""``segfuse run``: build the stages from a run config, run them through the graph, summarise.
+
+Stages (plain callables over a ``pipeline.sync.FrameWork``; the graph runs each on a thread):
+
+- masks, ``masks: engines``: ``preprocess`` (one batch per model) -> ``infer`` (a Parallel
+  stage: DeepLab and Mask R-CNN on two threads, two sessions) -> ``postprocess``
+  (SemanticMask, Instances -> InstanceMap);
+- masks, ``masks: ground_truth``: ``masks`` takes the drive's ground-truth masks instead (an
+  ORACLE for testing fusion and the runtime, labelled so in every summary and recording);
+- ``fuse``: pipeline.fusion.frame.fuse_frame (ego motion, labels, objects, lanes);
+- ``sinks``: a Parallel stage: the recorder and the overlay video.
+
+Refused at start, with one clear line: a missing model file, bad calibration, an input that
+cannot be opened, ground-truth masks asked of an input that has none.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError, EngineError, InputDataError
+from pipeline.run_config import RunConfig
+
+log = logging.getLogger(__name__)
+
+ORACLE_LABEL = "ground truth (ORACLE: the drive's ground-truth masks stand in for the models)"
+
+
+# --- Stages ---------------------------------------------------------------------------------
+
+class GroundTruthMasks:
+    """The drive's ground-truth masks as the frame's masks (an oracle, not a model)."""
+
+    def __call__(self, work: Any) -> None:
+        from pipeline.fusion.label import InstanceMap
+        from pipeline.types import SemanticMask
+
+        cid = work.camera.camera_id
+        sem, inst = work.truth.get(cid, (None, None))
+        if sem is None:
+            raise InputDataError(f"frame {work.index} has no ground-truth masks (masks: ground_truth)",
+                                 field=f"/gt/{cid}/semantic")
+        work.semantic[cid] = SemanticMask(cid, sem)
+        if inst is not None:
+            work.instance_maps[cid] = InstanceMap.from_id_image(inst, sem)
+        work.truth.clear()
+
+
+class Preprocess:
+    """Camera frames -> one engine batch per model (pipeline.preprocess)."""
+
+    def __init__(self, engines: dict[str, Any], resize: str) -> None:
+        self.engines = engines
+        self.resize = resize
+
+    def __call__(self, work: Any) -> None:
+        from pipeline.preprocess import preprocess_frames
+
+        for kind, engine in self.engines.items():
+            work.batches[kind] = preprocess_frames(work.synced.cameras, engine.input_hw, mode=self.resize)
+
+
+class Infer:
+    """One engine on one batch: ``infer(batch) -> outputs`` (its own session / stream)."""
+
+    def __init__(self, kind: str, engine: Any) -> None:
+        self.kind = kind
+        self.engine = engine
+
+    def __call__(self, work: Any) -> None:
+        work.outputs[self.kind] = self.engine.infer(work.batches[self.kind].feed())
+
+
+class Postprocess:
+    """Engine outputs -> SemanticMask and Instances at camera resolution (pipeline.postprocess)."""
+
+    def __init__(self, taxonomy: Any, score_threshold: float, mask_threshold: float) -> None:
+        self.taxonomy = taxonomy
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+
+    def __call__(self, work: Any) -> None:
+        from pipeline.fusion.label import InstanceMap
+        from pipeline.postprocess import postprocess_batch
+
+        ignore = self.taxonomy.ignore_id
+        if "deeplab" in work.outputs:
+            b = work.batches["deeplab"]
+            for m in postprocess_batch("deeplab", work.outputs["deeplab"], b.transforms, b.camera_ids, ignore_id=ignore):
+                work.semantic[m.camera_id] = m
+        if "maskrcnn" in work.outputs:
+            b = work.batches["maskrcnn"]
+            for inst in postprocess_batch("maskrcnn", work.outputs["maskrcnn"], b.transforms, b.camera_ids,
+                                          score_threshold=self.score_threshold, mask_threshold=self.mask_threshold,
+                                          ignore_id=ignore):
+                work.instances[inst.camera_id] = inst
+                work.instance_maps[inst.camera_id] = InstanceMap.from_instances(inst, min_score=self.score_threshold)
+        work.batches.clear()
+        work.outputs.clear()
+
+
+class Fuse:
+    """Masks + LiDAR sweep -> labelled cloud, objects, lanes (pipeline.fusion.frame.fuse_frame)."""
+
+    def __init__(self, rig: Any, fusion_cfg: Any, taxonomy: Any) -> None:
+        self.rig = rig
+        self.cfg = fusion_cfg
+        self.taxonomy = taxonomy
+
+    def __call__(self, work: Any) -> None:
+        from pipeline.fusion.frame import CameraMasks, Poses, fuse_frame
+
+        if work.synced.lidar is None or self.rig is None:
+            return                                       # camera-only: flagged, masks still recorded
+        masks = []
+        for cam in work.synced.cameras:
+            sem = work.semantic.get(cam.camera_id)
+            masks.append(CameraMasks(cam.camera_id, cam.stamp_ns, None if sem is None else sem.class_ids,
+                                     work.instance_maps.get(cam.camera_id)))
+        poses = None
+        if work.pose_stamps_ns is not None:
+            poses = Poses(work.pose_stamps_ns, work.pose_T_world_from_base)
+        work.fusion = fuse_frame(work.synced.lidar, masks, self.rig, self.cfg, self.taxonomy, poses)
+
+    def warm_up(self, camera_id: str, lidar_id: str | None) -> None:
+        """One small fusion before the first frame: loads the compiled kernels and Open3D, so the
+        first real frame is not seconds late (matters for live latency and for timings)."""
+        from pipeline.fusion.frame import CameraMasks, fuse_frame
+        from pipeline.fusion.label import InstanceMap
+        from pipeline.types import LidarSweep
+
+        if self.rig is None or lidar_id is None:
+            return
+        cam = self.rig.camera(camera_id)
+        rng = np.random.default_rng(0)
+        pts = np.zeros((400, 4), np.float32)
+        pts[:, :3] = rng.uniform((-20, -20, -2), (20, 20, 2), (400, 3))
+        sem = np.zeros((cam.height, cam.width), np.uint8)
+        ids = np.zeros((cam.height, cam.width), np.uint16)
+        ids[: cam.height // 2, : cam.width // 2] = 1
+        sweep = LidarSweep(lidar_id, 0, pts, np.zeros(400, np.int64))
+        fuse_frame(sweep, [CameraMasks(camera_id, 0, sem, InstanceMap.from_id_image(ids, sem))], self.rig, self.cfg,
+                   self.taxonomy, None)
+
+
+# --- Building a run -------------------------------------------------------------------------
+
+def open_engine(engine_cfg: Any, kind: str, *, config_path: str) -> Any:
+    """An Engine from one ``engines.<kind>`` section through engines.factory.create_engine; a
+    missing model file, or a model of the other kind, is refused naming the config key."""
+    from engines.factory import create_engine
+
+    field = f"engines.{kind}.model"
+    if engine_cfg is None:
+        raise ConfigError("no engine config", path=config_path, field=f"engines.{kind}")
+    model = Path(engine_cfg.model)
+    if not model.is_file():
+        raise EngineError(f"model file {model} not found (the trained default models are not committed yet: use "
+                          "masks: ground_truth on a drive with ground truth, or export a model with 'segfuse "
+                          "engines export')", path=config_path, field=field)
+    engine = create_engine(engine_cfg)
+    if engine.kind != kind:
+        engine.close()
+        raise EngineError(f"{model} is a {engine.kind} model, expected {kind}", path=config_path, field=field)
+    return engine
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    opened: Any                       # pipeline.sources.OpenedSources
+    graph: Any                        # pipeline.graph.Graph
+    sync: Any
+    recorder: Any = None
+    overlay: Any = None
+    engines: dict[str, Any] = field(default_factory=dict)
+    masks_label: str = ""
+    out: Path = Path(".")
+    warm: list[Any] = field(default_factory=list)     # called once before the first frame
+
+    def close_engines(self) -> None:
+        for e in self.engines.values():
+            e.close()
+
+
+def build_run(cfg: RunConfig) -> Run:
+    """Open the input, the models and the sinks; wire the stages. Everything that can be refused
+    is refused here, before a frame is read."""
+    from pipeline.config import load_taxonomy
+    from pipeline.fusion.config import FusionConfig
+    from pipeline.graph import Graph, Parallel, Policy, Stage
+    from pipeline.sinks.overlay import OverlayVideo
+    from pipeline.sinks.recorder import Recorder
+    from pipeline.sources import open_sources
+    from pipeline.sync import Synchronizer
+
+    taxonomy = load_taxonomy()
+    fusion_cfg = FusionConfig.from_dict(cfg.fusion, path=cfg.path)
+    opened = open_sources(cfg.input, config_path=cfg.path, want_truth=cfg.masks == "ground_truth")
+    engines: dict[str, Any] = {}
+    recorder = overlay = None
+    try:
+        main = opened.sources[0]
+        if cfg.masks == "ground_truth" and not main.info.has_truth:
+            raise ConfigError(f"masks: ground_truth needs an input with ground-truth masks (/gt/<camera>/semantic); "
+                              f"{main.info.name} has none: set masks: engines", path=cfg.path, field="masks")
+        live_input = any(s.info.live for s in opened.sources)
+        if live_input and cfg.policy == "replay":
+            log.warning("a live input (%s) with the replay policy: frames queue up behind a slow stage; "
+                        "run.policy: live keeps latency bounded", main.info.uri)
+        stages: list[Any] = []
+        if cfg.masks == "engines":
+            for kind in ("deeplab", "maskrcnn"):
+                engines[kind] = open_engine(getattr(cfg.engines, kind), kind, config_path=cfg.path)
+            stages += [Stage("preprocess", Preprocess(engines, cfg.engines.resize)),
+                       Parallel("infer", [Stage(k, Infer(k, e)) for k, e in engines.items()]),
+                       Stage("postprocess", Postprocess(taxonomy, cfg.engines.score_threshold,
+                                                        cfg.engines.mask_threshold))]
+            masks_label = (f"DeepLab ({Path(cfg.engines.deeplab.model).name}, {cfg.engines.deeplab.backend}) + "
+                           f"Mask R-CNN ({Path(cfg.engines.maskrcnn.model).name}, {cfg.engines.maskrcnn.backend})")
+        else:
+            stages.append(Stage("masks", GroundTruthMasks()))
+            masks_label = ORACLE_LABEL
+        fuse = Fuse(opened.rig, fusion_cfg, taxonomy)
+        stages.append(Stage("fuse", fuse))
+        warm = [lambda: fuse.warm_up(opened.camera_id, opened.lidar_id)]
+        for e in engines.values():
+            warm.append(lambda e=e: _warm_engine(e))
+
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        sinks = []
+        if cfg.recorder.enabled:
+            run_info = {"masks": cfg.masks, "masks_label": masks_label, "oracle": cfg.masks == "ground_truth",
+                        "input": main.info.name, "policy": cfg.policy, "config": Path(cfg.path).name,
+                        "taxonomy": list(taxonomy.names), "camera": opened.camera_id, "lidar": opened.lidar_id}
+            recorder = Recorder(out, opened.rig, taxonomy, camera_id=opened.camera_id, lidar_id=opened.lidar_id,
+                                run_info=run_info, compression=cfg.recorder.compression,
+                                camera_image=cfg.recorder.camera_image)
+            sinks.append(Stage("record", recorder.write))
+        if cfg.overlay.enabled:
+            fps = cfg.overlay.fps or main.info.rate_hz or 10.0
+            overlay = OverlayVideo(out, opened.rig, taxonomy, camera_id=opened.camera_id, fps=fps,
+                                   masks_label="ground truth (ORACLE)" if cfg.masks == "ground_truth" else "models",
+                                   mask_alpha=cfg.overlay.mask_alpha)
+            sinks.append(Stage("overlay", overlay.write))
+        if len(sinks) > 1:
+            stages.append(Parallel("sinks", sinks))
+        elif sinks:
+            stages.append(sinks[0])
+        sync = Synchronizer(cfg.sync, has_lidar=opened.lidar_id is not None,
+                            has_poses=any(s.info.has_poses for s in opened.sources), live=cfg.policy == "live")
+        graph = Graph(opened.sources, sync, stages, Policy(cfg.policy, cfg.rate, cfg.queue_depth, cfg.frames))
+    except BaseException:
+        for sink in (recorder, overlay):
+            if sink is not None:
+                sink.abort()
+        for e in engines.values():
+            e.close()
+        opened.close()
+        raise
+    return Run(cfg, opened, graph, sync, recorder, overlay, engines, masks_label, out, warm)
+
+
+def _warm_engine(engine: Any) -> None:
+    """One inference on zeros: session / engine set-up cost before the first frame."""
+    h, w = engine.input_hw
+    engine.infer({"images": np.zeros((1, 3, h, w), np.float32)})
+
+
+# --- Running --------------------------------------------------------------------------------
+
+def run_pipeline(cfg: RunConfig, *, progress: bool | None = None) -> dict[str, Any]:
+    """Run a config to the end (or to SIGINT/SIGTERM); returns the summary (also in OUT/summary.json)."""
+    from tqdm import tqdm
+
+    run = build_run(cfg)
+    graph = run.graph
+    t_warm = time.monotonic()
+    for stage in run.warm:
+        stage()
+    log.debug("warm-up %.2f s", time.monotonic() - t_warm)
+    show = cfg.progress if progress is None else progress
+    info = run.opened.sources[0].info
+    total = cfg.frames if cfg.frames else info.num_frames
+    t0 = time.monotonic()
+    error: BaseException | None = None
+    with graph.stop_on_signals(), tqdm(total=total, desc="segfuse run", unit="frame", disable=not show,
+                               dynamic_ncols=True) as bar:
+        graph.start()
+        try:
+            while not graph.wait(0.25):
+                _progress(bar, graph, t0)
+        except KeyboardInterrupt:                      # no handler installed (not the main thread)
+            graph.stop("signal")
+            graph.wait()
+        _progress(bar, graph, t0)
+        error = graph.error
+    try:
+        if error is not None:
+            for sink in (run.recorder, run.overlay):
+                if sink is not None:
+                    sink.abort()
+            raise error
+        recording = run.recorder.close() if run.recorder is not None else None
+        video = run.overlay.close() if run.overlay is not None else None
+    finally:
+        run.close_engines()
+    summary = make_summary(run, time.monotonic() - t0, recording, video)
+    (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _progress(bar: Any, graph: Any, t0: float) -> None:
+    s = graph.stats
+    bar.update(s.done + s.failed_total - bar.n)
+    elapsed = max(time.monotonic() - t0, 1e-9)
+    bar.set_postfix(fps=f"{s.done / elapsed:.1f}", drops=s.dropped, failed=s.failed_total, refresh=False)
+
+
+# --- Summary --------------------------------------------------------------------------------
+
+def _pct(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()),
+            "max": float(a.max())}
+
+
+def stage_times_ms(traces: list[Any]) -> dict[str, dict[str, float]]:
+    out: dict[str, list[float]] = {}
+    for tr in traces:
+        for name, (a, b) in tr.stages.items():
+            out.setdefault(name, []).append((b - a) / 1e6)
+    return {k: _pct(v) for k, v in out.items()}
+
+
+def make_summary(run: Run, seconds: float, recording: Path | None, video: Path | None) -> dict[str, Any]:
+    g = run.graph.stats
+    sy = run.sync.stats
+    skipped = [s for src in run.opened.sources for s in src.skipped]
+    by_kind: dict[str, int] = {}
+    for s in skipped:
+        by_kind[s.what] = by_kind.get(s.what, 0) + 1
+    busy = (g.last_done_ns - g.started_ns) / 1e9
+    fps = g.done / busy if g.done and busy > 0 else 0.0
+    cfg = run.cfg
+    return {
+        "input": run.opened.sources[0].info.name, "uri": run.opened.sources[0].info.uri,
+        "policy": cfg.policy, "rate": cfg.rate, "masks": cfg.masks, "masks_label": run.masks_label,
+        "oracle": cfg.masks == "ground_truth",
+        "frames": {"in": g.frames_in, "accepted": g.accepted, "done": g.done, "dropped": g.dropped,
+                   "failed": dict(g.failed), "recorded": run.recorder.frames if run.recorder else None,
+                   "fused_clouds": run.recorder.clouds if run.recorder else None},
+        "failures": g.failures, "stopped_by": g.stopped_by, "input_errors": g.source_errors,
+        "skipped_inputs": {"total": len(skipped), "by_kind": by_kind,
+                           "first": [f"{s.what} {s.where}: {s.reason}" for s in skipped[:10]]},
+        "sync": sy.as_dict(),
+        "seconds": seconds, "throughput_fps": fps,
+        "latency_ms": _pct([v / 1e6 for v in g.latency_ns]),
+        "stages_ms": stage_times_ms(run.graph.stage_traces),
+        "max_in_flight": g.max_in_flight, "capacity": run.graph.capacity,
+        "out": str(run.out), "recording": str(recording) if recording else None,
+        "overlay": str(video) if video else None,
+    }
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    f, sy, sk = s["frames"], s["sync"], s["skipped_inputs"]
+    rate = "as fast as possible" if not s["rate"] else f"{s['rate']:g}x recorded speed"
+    lines = ["", f"segfuse run: {s['input']} -> {s['out']}",
+             f"  policy       {s['policy']}" + (f" ({rate})" if s["policy"] == "replay" else ""),
+             f"  masks        {s['masks_label']}",
+             f"  frames       {f['in']} in, {f['done']} out, {f['dropped']} dropped (live), "
+             f"{sum(f['failed'].values())} failed" + (f"  [stopped by {s['stopped_by']}]" if s["stopped_by"] else ""),
+             f"  inputs       {sk['total']} skipped" + (f" ({', '.join(f'{k} {v}' for k, v in sk['by_kind'].items())})"
+                                                        if sk["total"] else ""),
+             f"  sync         {sy['paired']} paired, {sy['camera_only']} camera-only (LiDAR missed {sy['lidar_missed']}), "
+             f"{sy['sweeps_unused']} sweeps unused, max |dt| {sy['max_pair_dt_ns'] / 1e6:.1f} ms",
+             f"  throughput   {s['throughput_fps']:.2f} frames/s ({s['seconds']:.1f} s)"]
+    if s["latency_ms"]:
+        lat = s["latency_ms"]
+        lines.append(f"  latency      p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms (source -> recorded)")
+    if s["stages_ms"]:
+        lines.append(f"  {'stage':<22}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+        for name, v in s["stages_ms"].items():
+            label = "sync (waiting)" if name == "sync" else name
+            lines.append(f"  {label:<22}{v['p50']:9.1f}{v['p99']:9.1f}{v['mean']:9.1f}")
+    for line in s["input_errors"]:
+        lines.append(f"  INPUT ENDED EARLY: {line}")
+    for line in sk["first"][:3]:
+        lines.append(f"  skipped: {line}")
+    for line in s["failures"][:3]:
+        lines.append(f"  failed:  {line}")
+    look = [p for p in (s["recording"], s["overlay"]) if p] + [str(Path(s["out"]) / "summary.json")]
+    lines.append(f"  look at      {', '.join(look)}")
+    if s["recording"]:
+        lines.append("               (open the recording's .mcap in Foxglove"
+                     + (f"; segfuse eval --drive {s['recording']} --truth DRIVE scores it)"
+                        if f["fused_clouds"] else ")"))
+    if s["oracle"]:
+        lines.append("  NOTE         masks are the drive's ground truth (an oracle), not model output")
+    return "\n".join(lines)

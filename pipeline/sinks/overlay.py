@@ -1,0 +1,104 @@
+"""Overlay video: the camera frame with the semantic mask blended in, LiDAR points coloured by
+their fused class, objects labelled with class and range, and a banner (frame, mask provider,
+LiDAR missing). ``draw_overlay`` is a plain function; ``OverlayVideo`` writes an MP4 (and the
+first frame as a PNG)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int] = (255, 255, 255),
+          scale: float = 0.45) -> None:
+    import cv2
+
+    x, y = org
+    for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1)):    # a dark outline; the same thickness
+        cv2.putText(img, text, (x + dx, y + dy), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)   # keeps the glyphs aligned
+
+
+def draw_fusion(image: np.ndarray, result: Any, camera: Any, taxonomy: Any, *, point_radius: int = 1) -> np.ndarray:
+    """LiDAR points coloured by fused class (unlabelled: black) and objects labelled with range."""
+    from calibration.projection import project_lidar
+    from pipeline.overlay import draw_points
+
+    T_cam_from_base = np.linalg.inv(camera.T_base_from_cam)
+    proj = project_lidar(np.asarray(result.points_base, np.float32), T_cam_from_base, camera.model, min_depth_m=1.0)
+    idx = proj.index
+    order = np.argsort(-proj.depth_m[idx])                  # far first: near points drawn on top
+    labelled = result.cloud.class_id[idx[order]]
+    colors = taxonomy.color_lut()[labelled]
+    colors[labelled == taxonomy.ignore_id] = (0, 0, 0)
+    img = draw_points(image, proj.pixels[order], colors, radius=point_radius)
+    for o in result.objects:
+        c = (T_cam_from_base[:3, :3] @ o.centroid + T_cam_from_base[:3, 3]).reshape(1, 3).astype(np.float32)
+        p = project_lidar(c, np.eye(4), camera.model, min_depth_m=1.0)
+        if p.count:
+            u, v = p.pixels[0]
+            _text(img, f"{taxonomy.names[o.class_id]} {o.range_m:.0f}m", (int(u) - 30, int(v) - 8))
+    return img
+
+
+def draw_overlay(work: Any, camera: Any, taxonomy: Any, *, masks_label: str, mask_alpha: float = 0.35) -> np.ndarray:
+    """One overlay frame of a pipeline.sync.FrameWork. ``camera``: the rig's CameraSensor or None."""
+    import cv2
+
+    frame = work.camera
+    img = frame.image
+    sem = work.semantic.get(frame.camera_id)
+    if sem is not None and mask_alpha > 0:
+        img = cv2.addWeighted(img, 1.0 - mask_alpha, taxonomy.color_lut()[sem.class_ids], mask_alpha, 0.0)
+    if work.fusion is not None and camera is not None:
+        img = draw_fusion(img, work.fusion, camera, taxonomy)
+    else:
+        img = img.copy()
+    _text(img, f"frame {work.index}  masks: {masks_label}", (6, 16))
+    if work.lidar_missing:
+        _text(img, "LiDAR missing: camera only", (6, 34), color=(0, 0, 255))
+    return img
+
+
+class OverlayVideo:
+    def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, fps: float,
+                 masks_label: str, mask_alpha: float = 0.35, name: str = "overlay") -> None:
+        self.video_path = Path(out_dir) / f"{name}.mp4"
+        self.first_path = Path(out_dir) / f"{name}_first.png"
+        self.camera = rig.camera(camera_id) if rig is not None and camera_id in rig.camera_names else None
+        self.taxonomy = taxonomy
+        self.fps = float(fps)
+        self.masks_label = masks_label
+        self.mask_alpha = mask_alpha
+        self._video = None
+        self._tmp = Path(out_dir) / f".{name}.partial.mp4"
+        self.frames = 0
+
+    def write(self, work: Any) -> None:
+        import cv2
+
+        img = draw_overlay(work, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha)
+        if self._video is None:
+            self._video = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                          (img.shape[1], img.shape[0]))
+            cv2.imwrite(str(self.first_path), img)
+        self._video.write(img)
+        self.frames += 1
+
+    def close(self) -> Path | None:
+        if self._video is None:
+            return None
+        self._video.release()
+        self._video = None
+        self._tmp.replace(self.video_path)
+        return self.video_path
+
+    def abort(self) -> None:
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        self._tmp.unlink(missing_ok=True)

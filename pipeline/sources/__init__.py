@@ -1,0 +1,95 @@
+"""Sources: cameras, LiDARs and recorded drives, opened from a URI (see pipeline/sources/uri.py).
+
+``open_sources(cfg.input, ...)`` returns the sources a run reads and the rig it fuses with.
+Each source yields CameraInput / LidarInput / PoseInput (pipeline/sources/base.py); the
+graph iterates them and the sync stage pairs them. Heavy imports happen in the modules
+that need them, when a source is opened.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import CalibrationError, ConfigError
+from pipeline.sources.base import CameraInput, LidarInput, PoseInput, Skipped, Source, SourceInfo
+from pipeline.sources.uri import SourceURI, parse_uri
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CameraInput", "LidarInput", "PoseInput", "Skipped", "Source", "SourceInfo", "SourceURI", "parse_uri",
+           "open_sources", "OpenedSources"]
+
+
+@dataclass
+class OpenedSources:
+    sources: list[Source]          # one (a drive or bag), or a camera and a live LiDAR
+    rig: Any                       # calibration.rig.Rig, or None for a camera-only run without calibration
+    camera_id: str
+    lidar_id: str | None           # None: no LiDAR at all (every frame camera-only)
+
+    def close(self) -> None:
+        for s in self.sources:
+            s.close()
+
+
+def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False) -> OpenedSources:
+    """Open what ``inp`` (a run_config.InputConfig) names. Refuses at start, with an error naming
+    the file and field: a missing input, an unknown URI, bad calibration, a camera that is
+    not in the rig, a LiDAR over a transport not built yet."""
+    if not inp.uri:
+        raise ConfigError("no input: set input.uri in the config or pass --input", path=config_path,
+                          field="input.uri")
+    uri = parse_uri(inp.uri)
+    rig = None
+    if inp.calibration:
+        from calibration.io import load_rig
+
+        rig = load_rig(inp.calibration)
+    if uri.kind in ("rosbag2", "ros1"):
+        from pipeline.sources.bag import BagSource
+
+        src: Source = BagSource(uri, topics=inp.topics, rig=rig, want_truth=want_truth, config_path=config_path)
+    elif uri.kind == "kitti-raw":
+        from pipeline.sources.drive import DriveSource
+
+        src = DriveSource(uri, rig=rig)
+    elif uri.kind == "zenoh":
+        raise ConfigError("a zenoh:// URI is a live LiDAR: put it in input.lidar, and a camera in input.uri",
+                          path=config_path, field="input.uri")
+    else:
+        from pipeline.sources.camera import OpenCVCameraSource
+
+        camera_id = inp.camera_id or (rig.cameras[0].name if rig is not None and len(rig.cameras) == 1 else None)
+        if rig is not None and camera_id not in rig.camera_names:
+            raise CalibrationError(f"camera {camera_id!r} is not in the rig (cameras: {rig.camera_names}); set "
+                                   "input.camera_id", path=inp.calibration, field="input.camera_id")
+        src = OpenCVCameraSource(uri, camera_id=camera_id or "camera", rig=rig, fps=inp.fps, loop=inp.loop)
+    sources = [src]
+    camera_id = src.camera_id
+    lidar_id = src.lidar_id if src.info.has_lidar else None
+    if inp.lidar:
+        if src.info.has_lidar:
+            raise ConfigError(f"the input ({uri.kind}) already holds LiDAR sweeps; input.lidar is for camera-only "
+                              "inputs", path=config_path, field="input.lidar")
+        lidar_uri = parse_uri(inp.lidar, field_name="input.lidar")
+        if lidar_uri.kind != "zenoh":
+            raise ConfigError(f"live LiDAR is a zenoh:// URI, got a {lidar_uri.kind} input", path=config_path,
+                              field="input.lidar")
+        from pipeline.sources.zenoh_lidar import ZenohLidarSource
+
+        lidar = ZenohLidarSource(lidar_uri, rig=rig)        # refuses: not implemented yet
+        sources.append(lidar)
+        lidar_id = lidar.lidar_id
+    rig = src.rig if src.rig is not None else rig
+    if lidar_id is not None and rig is None:
+        raise CalibrationError("fusing LiDAR needs calibration: set input.calibration to a rig file",
+                               path=config_path, field="input.calibration")
+    if rig is not None:
+        if camera_id not in rig.camera_names:
+            raise CalibrationError(f"camera {camera_id!r} of the input is not in the rig (cameras: "
+                                   f"{rig.camera_names})", path=rig.source, field="cameras")
+        if lidar_id is not None and lidar_id not in rig.lidar_names and len(rig.lidars) != 1:
+            raise CalibrationError(f"LiDAR {lidar_id!r} of the input is not in the rig (lidars: {rig.lidar_names})",
+                                   path=rig.source, field="lidars")
+    return OpenedSources(sources, rig, camera_id, lidar_id)
