@@ -97,7 +97,8 @@ def test_replay_records_every_frame_and_eval_scores_it(replayed, drive, tmp_path
     assert m["points"]["class_accuracy"] > 0.95
     assert m["points"]["coverage"] > 0.8
     assert m["instances"]["precision"] > 0.9 and m["instances"]["recall"] > 0.85
-    assert m["objects"]["matched"] > 0 and m["objects"]["centroid_error_bev_m"]["median"] < 0.5
+    assert m["objects"]["matched"] > 0 and m["objects"]["centroid_to_box_m"]["median"] < 0.1
+    assert m["objects"]["recall"] > 0.6 and m["objects"]["centroid_within_0_3m"] > 0.8
 
 
 def test_eval_refuses_a_drive_that_is_not_a_recording(drive, capsys):

@@ -12,7 +12,7 @@ replay of the same drive records the same bytes):
 | ``/segfuse/{cam}/instance`` | sensor_msgs/Image mono16 | camera optical | camera: instance ids, 0 none |
 | ``/segfuse/{cam}/camera_info`` | sensor_msgs/CameraInfo | camera optical | camera |
 | ``/segfuse/{cam}/image_raw`` | sensor_msgs/Image bgr8 | camera optical | camera (``camera_image: true`` only) |
-| ``/segfuse/objects`` | vision_msgs/Detection3DArray | base_link | camera: id = instance, class name + score, BEV box |
+| ``/segfuse/objects`` | vision_msgs/Detection3DArray | base_link | camera: id = instance, class name + score, hypothesis pose = centroid of the points, bbox = BEV box |
 | ``/segfuse/lanes`` | segfuse_msgs/LaneBoundaryArray | base_link | camera: each cubic sampled every metre |
 | ``/segfuse/markers`` | visualization_msgs/MarkerArray | base_link | camera: boxes, labels, lane strips (for Foxglove's 3D panel) |
 | ``/segfuse/frame_status`` | std_msgs/String (JSON) | - | camera: frame, stamps, ``lidar_missing`` |
@@ -264,10 +264,12 @@ class Recorder:
         for o in objects:
             c, s = np.asarray(o.box_center, np.float64), np.asarray(o.box_size, np.float64)
             pose = self._pose(c[0], c[1], c[2], float(o.yaw))
+            m = np.asarray(o.centroid, np.float64)
             hyp = T["vision_msgs/msg/ObjectHypothesisWithPose"](
                 hypothesis=T["vision_msgs/msg/ObjectHypothesis"](class_id=self.taxonomy.names[int(o.class_id)],
                                                                  score=float(o.score)),
-                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)))
+                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=self._pose(m[0], m[1], m[2], float(o.yaw)),
+                                                               covariance=np.zeros(36)))
             dets.append(T["vision_msgs/msg/Detection3D"](
                 header=header, results=[hyp],
                 bbox=T["vision_msgs/msg/BoundingBox3D"](center=pose, size=T["geometry_msgs/msg/Vector3"](
