@@ -56,23 +56,15 @@ def semantic_from_output(class_ids: np.ndarray, transform: FrameTransform, camer
     return SemanticMask(camera_id=camera_id, class_ids=np.ascontiguousarray(mask))
 
 
-def _tent_weights(starts: np.ndarray, length: int, box_lo: np.ndarray, box_hi: np.ndarray, m: int) -> np.ndarray:
-    """(k, length, m) bilinear weights: pixel centre ``starts[k] + i + 0.5`` sampled in an m-cell
-    mask spanning [box_lo, box_hi], zero outside the mask (grid_sample, align_corners=False)."""
-    centres = starts[:, None] + np.arange(length, dtype=np.float32)[None, :] + 0.5
-    size = np.maximum(box_hi - box_lo, 1e-6)[:, None]
-    coord = (centres - box_lo[:, None]) / size * m - 0.5                      # (k, length)
-    return np.maximum(0.0, 1.0 - np.abs(coord[:, :, None] - np.arange(m, dtype=np.float32)[None, None, :]))
-
-
-def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5, *,
-                max_elements: int = 1 << 23) -> np.ndarray:
+def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
     """Paste (K, M, M) mask probabilities into their (K, 4) boxes of an image -> (K, H, W) bool.
 
-    Only the pixels inside each box are computed: the box regions of a chunk of detections
-    are resampled together with two batched matrix products (separable bilinear), then
-    scattered into the full-size masks.
+    Only the pixels inside each box are computed: each mask is resampled into its box region
+    by OpenCV (bilinear, pixel centres, zero outside the mask: torchvision's paste /
+    grid_sample with align_corners=False) and thresholded there.
     """
+    import cv2
+
     masks = np.asarray(masks, np.float32)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     h, w = int(image_hw[0]), int(image_hw[1])
@@ -85,28 +77,19 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_hw: tuple[int, int],
     y0 = np.clip(np.floor(boxes[:, 1]), 0, h).astype(np.int64)
     x1 = np.clip(np.ceil(boxes[:, 2]), 0, w).astype(np.int64)
     y1 = np.clip(np.ceil(boxes[:, 3]), 0, h).astype(np.int64)
-    bw, bh = np.maximum(x1 - x0, 0), np.maximum(y1 - y0, 0)
-    order = np.argsort(bw * bh)                     # similar sizes share a chunk: less padding work
-    start = 0
-    while start < k:
-        stop = start + 1
-        while stop < k:
-            idx = order[start:stop + 1]
-            if (stop + 1 - start) * int(bh[idx].max()) * int(bw[idx].max()) > max_elements:
-                break
-            stop += 1
-        idx = order[start:stop]
-        start = stop
-        ch, cw = int(bh[idx].max()), int(bw[idx].max())
-        if ch == 0 or cw == 0:
+    for i in range(k):
+        bw, bh = int(x1[i] - x0[i]), int(y1[i] - y0[i])
+        if bw <= 0 or bh <= 0:
             continue
-        wy = _tent_weights(y0[idx].astype(np.float32), ch, boxes[idx, 1], boxes[idx, 3], m)   # (n, ch, m)
-        wx = _tent_weights(x0[idx].astype(np.float32), cw, boxes[idx, 0], boxes[idx, 2], m)   # (n, cw, m)
-        vals = np.matmul(np.matmul(wy, masks[idx]), wx.transpose(0, 2, 1))                    # (n, ch, cw)
-        inside = ((np.arange(ch)[None, :, None] < bh[idx][:, None, None])
-                  & (np.arange(cw)[None, None, :] < bw[idx][:, None, None]))
-        n_i, yy, xx = np.nonzero((vals >= threshold) & inside)
-        out[idx[n_i], y0[idx][n_i] + yy, x0[idx][n_i] + xx] = True
+        # destination pixel (col j, row r) of the region samples mask coordinate a*j + b (and c*r + d)
+        a = m / max(float(boxes[i, 2] - boxes[i, 0]), 1e-6)
+        c = m / max(float(boxes[i, 3] - boxes[i, 1]), 1e-6)
+        b = (x0[i] + 0.5 - boxes[i, 0]) * a - 0.5
+        d = (y0[i] + 0.5 - boxes[i, 1]) * c - 0.5
+        M = np.array([[a, 0.0, b], [0.0, c, d]], np.float64)
+        region = cv2.warpAffine(masks[i], M, (bw, bh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+        out[i, y0[i]:y1[i], x0[i]:x1[i]] = region >= threshold
     return out
 
 

@@ -59,7 +59,19 @@ def test_paste_masks_matches_torchvision_for_ordinary_boxes():
         assert (r & o).sum() / (r | o).sum() > 0.9
 
 
-def test_paste_masks_only_inside_boxes_and_chunking_is_exact():
+def _reference_paste(mask: np.ndarray, box: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Exact bilinear paste, dense over the whole image: pixel centre (x + 0.5) samples mask
+    coordinate (x + 0.5 - x0) / (x1 - x0) * M - 0.5, zero outside the mask (align_corners=False)."""
+    m = mask.shape[0]
+
+    def weights(n, lo, hi):
+        coord = (np.arange(n) + 0.5 - lo) / max(hi - lo, 1e-6) * m - 0.5
+        return np.maximum(0.0, 1.0 - np.abs(coord[:, None] - np.arange(m)[None, :]))
+
+    return weights(hw[0], box[1], box[3]) @ mask.astype(np.float64) @ weights(hw[1], box[0], box[2]).T
+
+
+def test_paste_masks_match_an_exact_bilinear_reference_and_stay_in_their_boxes():
     rng = np.random.default_rng(0)
     masks = rng.random((20, 28, 28)).astype(np.float32)
     xy = rng.random((20, 2)) * 200
@@ -67,9 +79,12 @@ def test_paste_masks_only_inside_boxes_and_chunking_is_exact():
     boxes[3] = [-20, -10, 30, 40]                          # partly outside the image
     boxes[4] = [50, 50, 50, 50]                            # empty
     full = paste_masks(masks, boxes, (240, 320), 0.5)
-    small = paste_masks(masks, boxes, (240, 320), 0.5, max_elements=500)   # forces one box per chunk
-    assert np.array_equal(full, small)
     assert full.shape == (20, 240, 320) and not full[4].any()
+    for k in range(20):
+        ref = _reference_paste(masks[k], boxes[k], (240, 320)) >= 0.5
+        if k != 4:
+            # OpenCV interpolates with 1/32-pixel weights: at most a few boundary pixels differ
+            assert (full[k] != ref).sum() <= max(3, 0.01 * ref.sum()), k
     for k, (x0, y0, x1, y1) in enumerate(boxes):
         ys, xs = np.nonzero(full[k])
         if len(ys):
