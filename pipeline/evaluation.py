@@ -45,7 +45,7 @@ def read_recording(path: str | Path) -> dict[str, Any]:
     "status": [dict], "run_info": dict} from a segfuse run recording."""
     from rosbags.highlevel import AnyReader
 
-    from pipeline.drive.rosbag import _cloud_fields
+    from pipeline.drive.rosbag import cloud_fields
     from pipeline.msgs import make_typestore
     from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, TOPIC_RUN_INFO, TOPIC_STATUS
 
@@ -65,7 +65,7 @@ def read_recording(path: str | Path) -> dict[str, Any]:
                 msg = reader.deserialize(raw, conn.msgtype)
                 if conn.topic == TOPIC_POINTS:
                     stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-                    out["clouds"][stamp] = np.array(_cloud_fields(msg, path, conn.topic))
+                    out["clouds"][stamp] = np.array(cloud_fields(msg, path, conn.topic))
                 elif conn.topic == TOPIC_OBJECTS:
                     stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
                     objs = []

@@ -105,7 +105,7 @@ def _stamp_ns(t: Any) -> int:
     return int(t.sec) * NS_PER_S + int(t.nanosec)
 
 
-def _latched_qos() -> list[Any]:
+def latched_qos() -> list[Any]:
     """QoS of a latched topic (transient local, keep last 1), as ros2 bag record stores it."""
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
@@ -174,7 +174,7 @@ class RosbagWriter:
         conn = self._conns.get(topic)
         if conn is None:
             conn = self._writer.add_connection(topic, msgtype, typestore=self._ts,
-                                               offered_qos_profiles=_latched_qos() if latched else ())
+                                               offered_qos_profiles=latched_qos() if latched else ())
             self._conns[topic] = conn
         return conn
 
@@ -503,7 +503,7 @@ def _open_source(path: Path) -> _McapSource | _RosbagsSource:
 
 # --- Reading: message decoding ----------------------------------------------------------------
 
-def _image_array(msg: Any, where: Path, topic: str) -> np.ndarray:
+def image_array(msg: Any, where: Path, topic: str) -> np.ndarray:
     """(H, W, C) or (H, W) array of a sensor_msgs/Image, honouring step and endianness."""
     enc = msg.encoding.lower()
     channels = {"bgr8": 3, "rgb8": 3, "bgra8": 4, "rgba8": 4, "mono8": 1, "8uc1": 1, "mono16": 1, "16uc1": 1,
@@ -524,7 +524,7 @@ def _image_array(msg: Any, where: Path, topic: str) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _to_bgr(arr: np.ndarray, encoding: str) -> np.ndarray:
+def to_bgr(arr: np.ndarray, encoding: str) -> np.ndarray:
     enc = encoding.lower()
     if arr.ndim == 2:
         if arr.dtype != np.uint8:
@@ -535,7 +535,7 @@ def _to_bgr(arr: np.ndarray, encoding: str) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, :3])
 
 
-def _cloud_fields(msg: Any, where: Path, topic: str) -> np.ndarray:
+def cloud_fields(msg: Any, where: Path, topic: str) -> np.ndarray:
     """The points of a PointCloud2 as a structured array (one record per point)."""
     endian = ">" if msg.is_bigendian else "<"
     names, formats, offsets = [], [], []
@@ -564,8 +564,8 @@ def _cloud_fields(msg: Any, where: Path, topic: str) -> np.ndarray:
     return raw.view(dtype)
 
 
-def _points_from_cloud(msg: Any, where: Path, topic: str) -> tuple[np.ndarray, np.ndarray | None]:
-    rec = _cloud_fields(msg, where, topic)
+def points_from_cloud(msg: Any, where: Path, topic: str) -> tuple[np.ndarray, np.ndarray | None]:
+    rec = cloud_fields(msg, where, topic)
     names = rec.dtype.names or ()
     for name in ("x", "y", "z"):
         if name not in names:
@@ -823,12 +823,12 @@ class RosbagDrive(Drive):
                 raise InputDataError(f"frame {index}: message at {t} ns not found", path=where, field=topic)
 
         img_msg = self._decode(found["image"], self._image_topic)
-        image = _to_bgr(_image_array(img_msg, where, self._image_topic), img_msg.encoding)
+        image = to_bgr(image_array(img_msg, where, self._image_topic), img_msg.encoding)
         if image.shape[:2] != (self.calib.height, self.calib.width):
             raise InputDataError(f"frame {index}: image {image.shape[1]}x{image.shape[0]}, camera_info says "
                                  f"{self.calib.width}x{self.calib.height}", path=where, field=self._image_topic)
         cloud = self._decode(found["points"], self._points_topic)
-        points, t_off = _points_from_cloud(cloud, where, self._points_topic)
+        points, t_off = points_from_cloud(cloud, where, self._points_topic)
         n = points.shape[0]
         camera = CameraFrame(self.calib.camera_id, _stamp_ns(img_msg.header.stamp), image)
         lidar = LidarSweep(self.calib.lidar_id, _stamp_ns(cloud.header.stamp), points, t_off)
@@ -842,7 +842,7 @@ class RosbagDrive(Drive):
         if g["instance"] in found:
             instance = self._gt_image(found[g["instance"]], g["instance"], np.uint16, index)
         if g["labels"] in found:
-            rec = _cloud_fields(self._decode(found[g["labels"]], g["labels"]), where, g["labels"])
+            rec = cloud_fields(self._decode(found[g["labels"]], g["labels"]), where, g["labels"])
             if rec.shape[0] != n or not {"class_id", "instance_id"} <= set(rec.dtype.names or ()):
                 raise InputDataError(f"frame {index}: labels for {rec.shape[0]} points with fields "
                                      f"{rec.dtype.names}, the cloud has {n}", path=where, field=g["labels"])
@@ -863,7 +863,7 @@ class RosbagDrive(Drive):
                           pose_stamps_ns=stamps, T_world_from_base=Ts)
 
     def _gt_image(self, raw: bytes, topic: str, dtype: type, index: int) -> np.ndarray:
-        arr = _image_array(self._decode(raw, topic), self._src.path, topic)
+        arr = image_array(self._decode(raw, topic), self._src.path, topic)
         if arr.shape != (self.calib.height, self.calib.width) or arr.dtype != dtype:
             raise InputDataError(f"frame {index}: {arr.shape} {arr.dtype}, expected "
                                  f"({self.calib.height}, {self.calib.width}) {np.dtype(dtype).name}",

@@ -134,9 +134,9 @@ class Recorder:
         if conn is None:
             qos = ()
             if latched:
-                from pipeline.drive.rosbag import _latched_qos
+                from pipeline.drive.rosbag import latched_qos
 
-                qos = _latched_qos()
+                qos = latched_qos()
             conn = self._writer.add_connection(topic, msgtype, typestore=self._ts, offered_qos_profiles=qos)
             self._conns[topic] = conn
         self._writer.write(conn, int(stamp_ns), self._ts.serialize_cdr(msg, msgtype))

@@ -212,9 +212,9 @@ class BagSource(Source):
                             if parent == world:
                                 poses.append((_stamp_ns(tf.header), _matrix(tf.transform)))
                     elif pending is not None and _stamp_ns(msg.header) == pending.stamp_ns:
-                        from pipeline.drive.rosbag import _image_array
+                        from pipeline.drive.rosbag import image_array
 
-                        arr = _image_array(msg, self.path, conn.topic)
+                        arr = image_array(msg, self.path, conn.topic)
                         dtype = np.uint8 if role == "semantic" else np.uint16
                         if arr.shape != self._size or arr.dtype != dtype:
                             raise InputDataError(f"{arr.shape} {arr.dtype}, expected {self._size} "
@@ -236,7 +236,7 @@ class BagSource(Source):
             yield pending
 
     def _image(self, msg: Any, conn: Any) -> np.ndarray:
-        from pipeline.drive.rosbag import _image_array, _to_bgr
+        from pipeline.drive.rosbag import image_array, to_bgr
 
         if conn.msgtype == COMPRESSED:
             import cv2
@@ -245,16 +245,16 @@ class BagSource(Source):
             if image is None:
                 raise InputDataError(f"cannot decode the {msg.format} image", path=self.path, field=conn.topic)
         else:
-            image = _to_bgr(_image_array(msg, self.path, conn.topic), msg.encoding)
+            image = to_bgr(image_array(msg, self.path, conn.topic), msg.encoding)
         if image.shape[:2] != self._size:
             raise InputDataError(f"image is {image.shape[1]}x{image.shape[0]}, the calibration says "
                                  f"{self._size[1]}x{self._size[0]}", path=self.path, field=conn.topic)
         return image
 
     def _cloud(self, msg: Any, conn: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        from pipeline.drive.rosbag import _points_from_cloud
+        from pipeline.drive.rosbag import points_from_cloud
 
-        pts, t_off = _points_from_cloud(msg, self.path, conn.topic)
+        pts, t_off = points_from_cloud(msg, self.path, conn.topic)
         finite = np.isfinite(pts[:, :3]).all(axis=1)
         if not finite.all():                         # drivers emit NaN for missing returns
             pts = pts[finite]

@@ -3,7 +3,7 @@ rmw_zenoh publish it): a stub.
 
 TODO(publishing issue): the Zenoh transport (session, key expressions, QoS) arrives with the
 publisher. This source will then subscribe to ``zenoh://KEY_EXPR``, decode each sample with
-``pipeline.drive.rosbag._points_from_cloud`` and yield ``LidarInput`` like the bag source, so
+``pipeline.drive.rosbag.points_from_cloud`` and yield ``LidarInput`` like the bag source, so
 the sync stage pairs it with a live camera exactly as it does with recorded sweeps. Until
 then a config naming a zenoh:// LiDAR is refused at start, with this message.
 """
