@@ -30,4 +30,5 @@ def main() -> None:
     print(f"{'render only, 1 process (warm)':44}{render_fps:>10.2f}{render_fps / TARGET_FPS:>10.2f}x")
     print(f"{'segfuse sim, 1 process':44}{s1.frames_per_s:>10.2f}{s1.frames_per_s / TARGET_FPS:>10.2f}x")
     print(f"{f'segfuse sim, {workers} processes (default)':44}{sN.frames_per_s:>10.2f}{sN.frames_per_s / TARGET_FPS:>10.2f}x")
-    print(f"target: {TARGET_FPS:.0f} frames/s on this 2-core machine")
+    print(f"target: {TARGET_FPS:.0f} frames/s on this 2-core machine "
+          f"(whole runs include ~2 s of start-up: world build, Open3D scene, worker processes)")

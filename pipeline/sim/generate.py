@@ -104,7 +104,7 @@ class Simulator:
         rig_rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0xCA1B]))
         self.camera_spec, self.lidar_spec = make_rig(self.config, rig_rng)
         self.lighting = Lighting.random(np.random.default_rng(np.random.SeedSequence([self.seed, 0x119])))
-        self.renderer = Renderer(self.world, self.camera_spec, self.lidar_spec, self.lighting)
+        self._renderer: Renderer | None = None
         self.calib = DriveCalib(CAMERA_ID, self.config.width, self.config.height, self.camera_spec.K.copy(),
                                 np.zeros(5), self.camera_spec.T_base_from_cam.copy(), LIDAR_ID,
                                 self.lidar_spec.T_base_from_lidar.copy())
@@ -114,6 +114,14 @@ class Simulator:
                          "exposure": round(self.lighting.exposure, 3), "shadows": self.lighting.shadows},
             "camera_time": "sweep start + half a period (LiDAR facing forward)",
         })
+
+    @property
+    def renderer(self) -> Renderer:
+        """Built on first use (the Open3D scene): a process that only records frames rendered
+        elsewhere never pays for it."""
+        if self._renderer is None:
+            self._renderer = Renderer(self.world, self.camera_spec, self.lidar_spec, self.lighting)
+        return self._renderer
 
     # stamps
     def sweep_start_ns(self, index: int) -> int:

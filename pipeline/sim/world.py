@@ -258,8 +258,22 @@ class _StaticBuilder:
                            np.concatenate(refl), np.concatenate(tex), np.concatenate(sd).astype(np.float32))
 
 
-def _ribbon(road: Road, s: np.ndarray, d0: float, d1: float, z0: float, z1: float) -> tuple[Mesh, np.ndarray]:
-    """A strip between lateral offsets d0 and d1 (heights z0, z1), sampled at s; returns mesh, vertex (s, d)."""
+def _ribbon(road: Road, s: np.ndarray, d0: float, d1: float, z0: float, z1: float,
+            max_width_m: float = 2.0) -> tuple[Mesh, np.ndarray]:
+    """A strip between lateral offsets d0 and d1 (heights z0, z1), sampled at s; returns mesh, vertex (s, d).
+    Wide strips are split into sub-strips at most ``max_width_m`` wide: long thin triangles make
+    poor bounding boxes for the ray-casting BVH."""
+    pieces = int(np.ceil(abs(d1 - d0) / max_width_m))
+    if pieces > 1 and z0 == z1:
+        edges = np.linspace(d0, d1, pieces + 1)
+        parts = [_ribbon(road, s, a, b, z0, z1, max_width_m) for a, b in zip(edges[:-1], edges[1:])]
+        verts, faces, sds, offset = [], [], [], 0
+        for (v, f), sd in parts:
+            verts.append(v)
+            faces.append(f + offset)
+            sds.append(sd)
+            offset += len(v)
+        return (np.concatenate(verts), np.concatenate(faces)), np.concatenate(sds)
     x0, y0, _ = road.frame_at(s, d0)
     x1, y1, _ = road.frame_at(s, d1)
     n = len(s)
