@@ -100,37 +100,6 @@ class GraphStats:
         return sum(self.failed.values())
 
 
-class _LatestQueue:
-    """Live entry queue: put never blocks; when full, the oldest frame is dropped (``on_drop``)."""
-
-    def __init__(self, maxsize: int, on_drop: Callable[[Any], None]) -> None:
-        self._q: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._on_drop = on_drop
-
-    def put(self, item: Any, abort: threading.Event) -> None:
-        if item is _END:                            # the end marker waits: the last frame is not dropped
-            while not abort.is_set():
-                try:
-                    self._q.put(item, timeout=_POLL_S)
-                    return
-                except queue.Full:
-                    continue
-            return
-        while True:
-            try:
-                self._q.put_nowait(item)
-                return
-            except queue.Full:
-                try:
-                    old = self._q.get_nowait()
-                except queue.Empty:
-                    continue
-                self._on_drop(old)
-
-    def get(self, timeout: float) -> Any:
-        return self._q.get(timeout=timeout)
-
-
 class _BlockingQueue:
     """Replay (and every queue past the entry): a bounded queue whose put blocks (back-pressure)."""
 
@@ -147,6 +116,30 @@ class _BlockingQueue:
 
     def get(self, timeout: float) -> Any:
         return self._q.get(timeout=timeout)
+
+
+class _LatestQueue(_BlockingQueue):
+    """Live entry queue: put never blocks; when full, the oldest frame is dropped (``on_drop``).
+    The end marker waits like any blocking put: the last frame is not dropped."""
+
+    def __init__(self, maxsize: int, on_drop: Callable[[Any], None]) -> None:
+        super().__init__(maxsize)
+        self._on_drop = on_drop
+
+    def put(self, item: Any, abort: threading.Event) -> None:
+        if item is _END:
+            super().put(item, abort)
+            return
+        while True:
+            try:
+                self._q.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    old = self._q.get_nowait()
+                except queue.Empty:
+                    continue
+                self._on_drop(old)
 
 
 class Graph:

@@ -105,6 +105,21 @@ def _stamp_ns(t: Any) -> int:
     return int(t.sec) * NS_PER_S + int(t.nanosec)
 
 
+def use_lz4_chunks(writer: Any) -> None:
+    """Make a rosbags rosbag2 writer compress MCAP chunks with lz4. rosbags compresses MCAP
+    chunks with zstd only; its MCAP storage takes any (name, function) pair, and lz4 frames are
+    what the MCAP spec calls "lz4". Falls back to uncompressed chunks, with a warning, if a
+    rosbags version changes those internals."""
+    import lz4.frame
+
+    storage = writer.storage
+    if not (hasattr(storage, "compression") and hasattr(storage, "compressor")):
+        log.warning("this rosbags version does not allow lz4 chunks; writing uncompressed chunks")
+        return
+    storage.compression = "lz4"
+    storage.compressor = lambda data: lz4.frame.compress(data, compression_level=0, store_size=False)
+
+
 def latched_qos() -> list[Any]:
     """QoS of a latched topic (transient local, keep last 1), as ros2 bag record stores it."""
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
@@ -144,7 +159,7 @@ class RosbagWriter:
             self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
         if compression == "lz4":
-            self._use_lz4()
+            use_lz4_chunks(self._writer)
         self._conns: dict[str, Any] = {}
         self._started = False
         self._last_pose_ns: int | None = None
@@ -156,18 +171,6 @@ class RosbagWriter:
                         "semantic": semantic_topic(cam), "instance": instance_topic(cam),
                         "labels": labels_topic(lid)}
         self._camera_info = self._make_camera_info()
-
-    def _use_lz4(self) -> None:
-        """rosbags compresses MCAP chunks with zstd only; its MCAP storage takes any
-        (name, function) pair, and lz4 frames are what the MCAP spec calls "lz4"."""
-        import lz4.frame
-
-        storage = self._writer.storage
-        if not (hasattr(storage, "compression") and hasattr(storage, "compressor")):
-            log.warning("this rosbags version does not allow lz4 chunks; writing uncompressed chunks")
-            return
-        storage.compression = "lz4"
-        storage.compressor = lambda data: lz4.frame.compress(data, compression_level=0, store_size=False)
 
     # -- connections and messages --
     def _conn(self, topic: str, msgtype: str, latched: bool = False) -> Any:

@@ -81,6 +81,7 @@ class Recorder:
                  name: str = "recording") -> None:
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
+        from pipeline.drive.rosbag import use_lz4_chunks
         from pipeline.msgs import make_typestore
 
         self.final = Path(out_dir) / name
@@ -101,7 +102,7 @@ class Recorder:
             raise ConfigError(f"unknown compression {compression!r}", field="sinks.recorder.compression")
         self._writer.open()
         if compression == "lz4":
-            self._use_lz4()
+            use_lz4_chunks(self._writer)
         self._conns: dict[str, Any] = {}
         self._started = False
         self._state = "open"
@@ -115,18 +116,6 @@ class Recorder:
             lid = rig.lidar(lidar_id if lidar_id in rig.lidar_names else None)
         self._lidar = lid
         self._lidar_frame = lid.frame_id if lid is not None else (lidar_id or "lidar")
-
-    def _use_lz4(self) -> None:
-        """rosbags compresses MCAP chunks with zstd only; its MCAP storage takes any (name,
-        function) pair, and lz4 frames are what the MCAP spec calls "lz4" (as the drive writer does)."""
-        import lz4.frame
-
-        storage = self._writer.storage
-        if not (hasattr(storage, "compression") and hasattr(storage, "compressor")):
-            log.warning("this rosbags version does not allow lz4 chunks; recording uncompressed chunks")
-            return
-        storage.compression = "lz4"
-        storage.compressor = lambda data: lz4.frame.compress(data, compression_level=0, store_size=False)
 
     # -- message helpers -------------------------------------------------------------------
     def _put(self, topic: str, msgtype: str, stamp_ns: int, msg: Any, latched: bool = False) -> None:
