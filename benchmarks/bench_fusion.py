@@ -93,15 +93,18 @@ def quality() -> None:
     sim = Simulator(seed=11, num_frames=30)
     rig = rig_from_drive_calib(sim.calib)
     cam = rig.cameras[0]
-    rows = {True: [], False: []}
+    rows = {True: [], False: [], "no ego motion": []}
     for i in (0, 14, 29):
         sf = sim.render(i)
         f = sf.frame
         masks = [CameraMasks(cam.name, f.camera.stamp_ns, f.semantic, InstanceMap.from_id_image(f.instance, f.semantic))]
-        for occlusion in (True, False):
-            r = fuse_frame(f.lidar, masks, rig, FusionConfig(occlusion=occlusion), tax, Poses(f.pose_stamps_ns, f.T_world_from_base))
+        poses = Poses(f.pose_stamps_ns, f.T_world_from_base)
+        truth = fuse_frame(f.lidar, masks, rig, FusionConfig(), tax, poses)    # points at camera time
+        for key, cfg in ((True, FusionConfig()), (False, FusionConfig(occlusion=False)),
+                         ("no ego motion", FusionConfig(ego_motion=False))):
+            r = fuse_frame(f.lidar, masks, rig, cfg, tax, poses)
             T_cb = np.linalg.inv(cam.T_base_from_cam)
-            pc = r.points_base @ T_cb[:3, :3].T + T_cb[:3, 3]
+            pc = truth.points_base @ T_cb[:3, :3].T + T_cb[:3, 3]
             proj = project_lidar(pc.astype(np.float32), np.eye(4), cam.model, min_depth_m=1.0)
             idx, px = proj.index, proj.pixels
             d, z_cam = proj.depth_m[idx], sf.camera_depth_m[px[:, 1], px[:, 0]]
@@ -109,11 +112,11 @@ def quality() -> None:
             c = r.cloud
             pred = np.where(c.instance_id[vis] >= 0, c.instance_id[vis] % 65536, 0)
             true = f.point_instance[vis].astype(np.int64)
-            rows[occlusion].append([(c.class_id[vis] == f.point_class[vis]).mean(),
+            rows[key].append([(c.class_id[vis] == f.point_class[vis]).mean(),
                                     ((c.class_id[hid] != f.point_class[hid]) & (c.class_id[hid] != tax.ignore_id)).mean(),
                                     (pred[pred > 0] == true[pred > 0]).mean(), (pred[true > 0] == true[true > 0]).mean()])
-    on, off = np.mean(rows[True], axis=0) * 100, np.mean(rows[False], axis=0) * 100
-    print("\nfusion quality, ground-truth masks (seed 11, frames 0/14/29)   depth test on   off")
+    on, off, still = (np.mean(rows[k], axis=0) * 100 for k in (True, False, "no ego motion"))
+    print("\nfusion quality, ground-truth masks (seed 11, frames 0/14/29)   depth test on     off   no ego-motion comp.")
     for k, name in enumerate(["class accuracy, points the camera sees", "camera-hidden points given a wrong label",
                               "instance precision, points the camera sees", "instance recall, points the camera sees"]):
-        print(f"  {name:<58}{on[k]:>7.2f} %{off[k]:>8.2f} %")
+        print(f"  {name:<58}{on[k]:>7.2f} %{off[k]:>8.2f} %{still[k]:>10.2f} %")
