@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sim.world import (TEX_ASPHALT, TEX_FACADE, TEX_FOLIAGE, TEX_GRASS, TEX_PAVING, Agent,
-                                World)
+from pipeline.sim.world import Agent, World
 
 _INVALID = np.uint32(0xFFFFFFFF)
 
@@ -261,10 +260,9 @@ class Renderer:
         cls, inst, albedo, _ = self._labels(hits, pts)
         depth = np.where(hit, hits.t * self._cam_dirs[:, 2], np.inf).astype(np.float32)
 
-        color = self._shade(hits, pts, dirs_w, albedo, hit, scene)
-        # exposure, gamma through a lookup table, and sensor noise from a per-drive bank
-        code = np.clip(color * (light.exposure * 4095.0), 0, 4095).astype(np.uint16)
-        img = self._gamma_lut[code].reshape(-1)
+        codes = self._shade(hits, pts, dirs_w, albedo, hit, scene)
+        # display gamma through a lookup table over 12-bit codes; sensor noise from a per-drive bank
+        img = self._gamma_lut[codes].reshape(-1)
         off = int(rng.integers(0, len(self._noise_bank) - img.size))
         img = img + self._noise_bank[off:off + img.size]
         image = np.clip(img, 0, 255).astype(np.uint8).reshape(H, W, 3)
@@ -308,38 +306,26 @@ class Renderer:
 
     def _shade(self, hits: _Hits, pts: np.ndarray, dirs: np.ndarray, albedo: np.ndarray, hit: np.ndarray,
                thing_scene) -> np.ndarray:
-        """Linear BGR radiance per pixel: Lambert + ambient, sun shadows, texture, haze, sky.
-        Works on whole arrays (no gathers): sky pixels are cheap and selected at the end."""
+        """12-bit linear BGR codes per pixel: textured Lambert + ambient, sun shadows, haze, sky
+        (numba kernels in pipeline/sim/kernels.py; the shadow rays go to Open3D)."""
+        from pipeline.sim.kernels import face_and_lambert, shade_codes
+
         light, st = self.light, self.world.static
-        f32 = np.float32
-        sun, sun_c = light.sun_dir_world.astype(f32), light.sun_bgr.astype(f32)
-        amb, horizon, zenith = light.ambient_bgr.astype(f32), light.sky_horizon_bgr.astype(f32), light.sky_zenith_bgr.astype(f32)
-        n = hits.normal
-        n *= np.where(np.einsum("ij,ij->i", n, dirs) > 0, f32(-1), f32(1))[:, None]     # face the camera
-        tex = st.tri_tex[np.where(hits.dynamic | ~hit, 0, hits.prim)]
-        tex[hits.dynamic] = 0
-        albedo *= _texture(tex, pts, n)[:, None]
-        lambert = np.clip(n @ sun, 0, 1)
-        lambert[~hit] = 0
+        lam = face_and_lambert(hits.normal, dirs, hit, light.sun_dir_world)
         if light.shadows:
-            li = np.flatnonzero(lambert > 0)
-            srays = np.empty((len(li), 6), f32)
-            srays[:, :3] = pts[li] + n[li] * f32(0.03)
-            srays[:, 3:] = sun
+            li = np.flatnonzero(lam > 0)
+            srays = np.empty((len(li), 6), np.float32)
+            srays[:, :3] = pts[li] + hits.normal[li] * np.float32(0.03)
+            srays[:, 3:] = light.sun_dir_world.astype(np.float32)
             occ = self._static.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
             if thing_scene is not None:
                 occ |= thing_scene.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
-            lambert[li[occ]] = 0
-        shade = amb * (f32(0.75) + f32(0.25) * n[:, 2:3]) + lambert[:, None] * sun_c
-        fog = np.exp(-np.where(hit, hits.t, 0) / f32(light.fog_m))[:, None]
-        out = albedo * shade * fog + horizon * (1 - fog)
-        sky = np.flatnonzero(~hit)
-        if len(sky):
-            ds = dirs[sky]
-            el = np.sqrt(np.clip(ds[:, 2:3], 0, 1))
-            glow = np.clip(ds @ sun, 0, 1)[:, None] ** 48
-            out[sky] = horizon * (1 - el) + zenith * el + f32(0.6) * glow * sun_c
-        return out
+            lam[li[occ]] = 0
+        tex = st.tri_tex[np.where(hits.dynamic | ~hit, 0, hits.prim)]
+        tex[hits.dynamic] = 0
+        return shade_codes(hit, hits.t, hits.normal, pts, dirs, albedo, tex, lam, amb=light.ambient_bgr,
+                           sun_c=light.sun_bgr, horizon=light.sky_horizon_bgr, zenith=light.sky_zenith_bgr,
+                           sun=light.sun_dir_world, fog_m=light.fog_m, gain=light.exposure * 4095.0)
 
     # -- LiDAR ----------------------------------------------------------------------------
     def render_lidar(self, sweep_start_s: float, rng: np.random.Generator) -> LidarRender:
@@ -376,32 +362,3 @@ class Renderer:
         pts[:, 3] = np.clip(intensity[keep], 0, 1)
         t_off = np.repeat(self._lidar_col_t_ns, beams)[keep]
         return LidarRender(pts, t_off, cls[keep], inst[keep])
-
-
-def _hash(cells: np.ndarray, salt: float = 0.0) -> np.ndarray:
-    h = np.sin(cells[:, 0] * 12.9898 + cells[:, 1] * 78.233 + cells[:, 2] * 37.719 + salt) * 43758.5453
-    return h - np.floor(h)
-
-
-def _texture(tex: np.ndarray, p: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """A brightness factor per hit from cheap procedural textures."""
-    f = np.ones(len(tex), np.float32)
-    for kind, scale, amp in ((TEX_ASPHALT, 6.0, 0.25), (TEX_GRASS, 3.0, 0.35), (TEX_FOLIAGE, 2.5, 0.45)):
-        m = tex == kind
-        if m.any():
-            fine = _hash(np.floor(p[m] * scale))
-            coarse = _hash(np.floor(p[m] * scale / 8), 1.0)
-            f[m] = 1 + amp * (fine - 0.5) + 0.5 * amp * (coarse - 0.5)
-    m = tex == TEX_PAVING
-    if m.any():
-        q = p[m, :2] / 0.6
-        seam = (np.abs(q - np.round(q)) < 0.05).any(1)
-        f[m] = np.where(seam, 0.7, 1.0) * (0.95 + 0.1 * _hash(np.floor(p[m] * 1.66)))
-    m = (tex == TEX_FACADE) & (np.abs(n[:, 2]) < 0.5)
-    if m.any():
-        along = p[m, 0] * -n[m, 1] + p[m, 1] * n[m, 0]
-        z = p[m, 2]
-        win = (np.mod(along / 3.0, 1) > 0.3) & (np.mod(along / 3.0, 1) < 0.72) & (np.mod(z / 3.2, 1) > 0.35) \
-            & (np.mod(z / 3.2, 1) < 0.8) & (z > 1.2)
-        f[m] = np.where(win, 0.35, 1.0)
-    return f
