@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -38,14 +37,9 @@ def _percentiles(times_s: list[float]) -> tuple[float, float]:
 
 
 def _time(fn, warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
+    from engines.bench import time_calls
+
+    return time_calls(fn, warmup, iters)
 
 
 def main() -> None:

@@ -71,6 +71,17 @@ def register(subparsers) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(func=cmd_build)
 
+    t = sub.add_parser("bench", help="engine-only latency: warm-up, then timed iterations (p50/p90/p99)",
+                       description="trtexec-like timing of engine.infer on one preprocessed frame, per engine "
+                                   "(backend and precision as given). See docs/profiling.md.")
+    t.add_argument("engines", nargs="+", help="[BACKEND[/PRECISION]:]PATH or engine config YAML, one or more")
+    t.add_argument("--warmup", type=int, default=5, help="untimed iterations first (default 5)")
+    t.add_argument("--iterations", type=int, default=50, help="timed iterations (default 50)")
+    t.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: default)")
+    t.add_argument("--json", type=Path, help="also write the results as JSON")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_bench)
+
     i = sub.add_parser("info", help="describe an ONNX file or a TensorRT engine")
     i.add_argument("path", type=Path)
     i.add_argument("--json", action="store_true")
@@ -171,6 +182,39 @@ def cmd_build(args: argparse.Namespace) -> int:
           f"sm{inputs.get('compute_capability')}, {inputs.get('precision')}, DLA {inputs.get('dla_core')}")
     if sidecar.get("build_seconds") is not None:
         print(f"  built in {sidecar['build_seconds']:.0f} s")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engines.bench import bench_engine
+    from engines.check import open_run, parse_run_spec
+
+    if args.warmup < 0 or args.iterations < 1:
+        raise ConfigError("--warmup must be >= 0 and --iterations >= 1", field="--iterations")
+    results = []
+    for text in args.engines:
+        spec = parse_run_spec(text)
+        engine = open_run(spec, threads=args.threads)
+        try:
+            with tqdm(total=args.warmup + args.iterations, desc=f"bench {spec.path.name}", unit="it",
+                      disable=args.no_progress) as bar:
+                r = bench_engine(engine, warmup=args.warmup, iters=args.iterations, progress=bar.update)
+        finally:
+            engine.close()
+        r["engine"] = spec.label()
+        r["name"] = spec.path.name if spec.config is None else spec.label()
+        results.append(r)
+    print(f"{'engine':40s} {'kind':9s} {'backend':12s} {'prec':5s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} "
+          f"{'max ms':>8s} {'inf/s':>7s}")
+    for r in results:
+        lat = r["latency_ms"]
+        print(f"{r['name'][-40:]:40s} {r['kind']:9s} {str(r['backend']):12s} {str(r['precision']):5s} "
+              f"{lat['p50']:8.2f} {lat['p90']:8.2f} {lat['p99']:8.2f} {lat['max']:8.2f} {lat['throughput_per_s']:7.2f}")
+    print(f"({args.warmup} warm-up + {args.iterations} timed iterations each, batch 1, one procedural frame)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 

@@ -20,9 +20,11 @@ COMMAND_MODULES = (
     "pipeline.sim.cli",
     "pipeline.demo",
     "pipeline.run_cli",
+    "pipeline.profile_cli",
     "calibration.cli",
     "pipeline.fusion.cli",
     "engines.cli",
+    "pipeline.listen_cli",
 )
 
 

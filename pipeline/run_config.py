@@ -82,6 +82,7 @@ class RunConfig:
     fusion: dict[str, Any] = field(default_factory=dict)   # validated by FusionConfig.from_dict
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    publisher: Any = None                   # pipeline.sinks.publisher.PublisherConfig (sinks.publisher; off by default)
     out: str = "out/run"
     progress: bool = True
 
@@ -232,7 +233,10 @@ def parse_run_config(data: dict[str, Any], path: str | Path = "<config>") -> Run
     FusionConfig.from_dict(fusion, path=p)          # validate now: errors name the key and the file
 
     d = _section(data, "sinks", p)
-    check_unknown_keys(d, {"recorder", "overlay"}, path=p, prefix="sinks.")
+    check_unknown_keys(d, {"recorder", "overlay", "publisher"}, path=p, prefix="sinks.")
+    from pipeline.sinks.publisher import publisher_config_from_dict
+
+    publisher = publisher_config_from_dict(_section(d, "publisher", p, "sinks."), path=p)
     r = _section(d, "recorder", p, "sinks.")
     pre = "sinks.recorder."
     check_unknown_keys(r, {"enabled", "compression", "camera_image"}, path=p, prefix=pre)
@@ -252,7 +256,7 @@ def parse_run_config(data: dict[str, Any], path: str | Path = "<config>") -> Run
     out = get_key(data, "out", str, path=p, default="out/run")
     return RunConfig(path=p, input=inp, policy=policy, rate=rate, frames=frames, queue_depth=depth, sync=sync,
                      masks=masks, engines=engines, fusion=dict(fusion), recorder=recorder, overlay=overlay,
-                     out=out, progress=progress)
+                     publisher=publisher, out=out, progress=progress)
 
 
 def load_run_config(path: str | Path) -> RunConfig:

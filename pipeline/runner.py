@@ -183,6 +183,7 @@ class Run:
     masks_label: str = ""
     out: Path = Path(".")
     warm: list[Any] = field(default_factory=list)     # called once before the first frame
+    publisher: Any = None                             # pipeline.sinks.publisher.ZenohPublisher (sinks.publisher)
 
     def close_engines(self) -> None:
         for e in self.engines.values():
@@ -204,7 +205,7 @@ def build_run(cfg: RunConfig) -> Run:
     fusion_cfg = FusionConfig.from_dict(cfg.fusion, path=cfg.path)
     opened = open_sources(cfg.input, config_path=cfg.path, want_truth=cfg.masks == "ground_truth")
     engines: dict[str, Any] = {}
-    recorder = overlay = None
+    recorder = overlay = publisher = None
     try:
         main = opened.sources[0]
         if cfg.masks == "ground_truth" and not main.info.has_truth:
@@ -250,6 +251,12 @@ def build_run(cfg: RunConfig) -> Run:
                                    masks_label="ground truth (ORACLE)" if cfg.masks == "ground_truth" else "models",
                                    mask_alpha=cfg.overlay.mask_alpha)
             sinks.append(Stage("overlay", overlay.write))
+        if cfg.publisher is not None and cfg.publisher.enabled:
+            from pipeline.sinks.publisher import ZenohPublisher
+
+            publisher = ZenohPublisher(cfg.publisher, opened.rig, taxonomy, camera_id=opened.camera_id,
+                                       lidar_id=opened.lidar_id)
+            sinks.append(Stage("publish", publisher.write))
         if len(sinks) > 1:
             stages.append(Parallel("sinks", sinks))
         elif sinks:
@@ -257,15 +264,17 @@ def build_run(cfg: RunConfig) -> Run:
         sync = Synchronizer(cfg.sync, has_lidar=opened.lidar_id is not None,
                             has_poses=any(s.info.has_poses for s in opened.sources), live=cfg.policy == "live")
         graph = Graph(opened.sources, sync, stages, Policy(cfg.policy, cfg.rate, cfg.queue_depth, cfg.frames))
+        if publisher is not None:
+            publisher.dropped_fn = lambda: graph.stats.dropped
     except BaseException:
-        for sink in (recorder, overlay):
+        for sink in (recorder, overlay, publisher):
             if sink is not None:
                 sink.abort()
         for e in engines.values():
             e.close()
         opened.close()
         raise
-    return Run(cfg, opened, graph, sync, recorder, overlay, engines, masks_label, out, warm)
+    return Run(cfg, opened, graph, sync, recorder, overlay, engines, masks_label, out, warm, publisher)
 
 
 def _warm_engine(engine: Any) -> None:
@@ -276,11 +285,16 @@ def _warm_engine(engine: Any) -> None:
 
 # --- Running --------------------------------------------------------------------------------
 
-def run_pipeline(cfg: RunConfig, *, progress: bool | None = None) -> dict[str, Any]:
-    """Run a config to the end (or to SIGINT/SIGTERM); returns the summary (also in OUT/summary.json)."""
+def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
+                 on_built: Any = None) -> dict[str, Any]:
+    """Run a config to the end (or to SIGINT/SIGTERM); returns the summary (also in OUT/summary.json).
+    ``on_built(run)``, if given, is called once the run is built, before the warm-up (the profiler
+    keeps the Run to read ``run.graph.stage_traces`` afterwards and may wrap stage callables)."""
     from tqdm import tqdm
 
     run = build_run(cfg)
+    if on_built is not None:
+        on_built(run)
     graph = run.graph
     t_warm = time.monotonic()
     for stage in run.warm:
@@ -312,6 +326,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None) -> dict[str, A
         video = run.overlay.close() if run.overlay is not None else None
     finally:
         run.close_engines()
+        if run.publisher is not None:
+            run.publisher.close()
     summary = make_summary(run, time.monotonic() - t0, recording, video)
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -73,7 +73,95 @@ def sample_lane(coeffs: np.ndarray, x_min: float, x_max: float, step: float = LA
     return np.stack([x, y, np.zeros_like(x)], axis=1)
 
 
-class Recorder:
+class RosMessages:
+    """The ROS 2 messages of a frame's results, shared by the recorder and the publisher
+    (pipeline.sinks.publisher). Needs ``_ts`` (a make_typestore()), ``taxonomy``, ``_cam_frame``
+    and ``_lidar_frame`` on the instance."""
+
+    def _header(self, stamp_ns: int, frame_id: str) -> Any:
+        T = self._ts.types
+        stamp_ns = int(stamp_ns)
+        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
+                                                                              nanosec=stamp_ns % 1_000_000_000),
+                                        frame_id=frame_id)
+
+    def _transform(self, stamp_ns: int, parent: str, child: str, M: np.ndarray) -> Any:
+        from pipeline.drive.common import quat_from_matrix
+
+        T = self._ts.types
+        q = quat_from_matrix(np.asarray(M, np.float64)[:3, :3])
+        t = np.asarray(M, np.float64)[:3, 3]
+        return T["geometry_msgs/msg/TransformStamped"](
+            header=self._header(stamp_ns, parent), child_frame_id=child,
+            transform=T["geometry_msgs/msg/Transform"](
+                translation=T["geometry_msgs/msg/Vector3"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
+                rotation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
+                                                           w=float(q[3]))))
+
+    def _image(self, stamp_ns: int, array: np.ndarray, encoding: str) -> Any:
+        h = array.shape[0]
+        data = array.reshape(-1) if array.dtype == np.uint8 else array.astype("<u2").view(np.uint8).reshape(-1)
+        return self._ts.types["sensor_msgs/msg/Image"](
+            header=self._header(stamp_ns, self._cam_frame), height=h, width=array.shape[1], encoding=encoding,
+            is_bigendian=0, step=int(data.size // h), data=np.ascontiguousarray(data))
+
+    def _string(self, text: str) -> Any:
+        return self._ts.types["std_msgs/msg/String"](data=text)
+
+    def _pose(self, x: float, y: float, z: float, yaw: float) -> Any:
+        T = self._ts.types
+        return T["geometry_msgs/msg/Pose"](
+            position=T["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=float(z)),
+            orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(0.5 * yaw), w=math.cos(0.5 * yaw)))
+
+    def _cloud(self, stamp_ns: int, cloud: Any) -> Any:
+        T = self._ts.types
+        n = int(cloud.points.shape[0])
+        rec = np.zeros(n, CLOUD_DTYPE)
+        for k, name in enumerate(("x", "y", "z", "intensity")):
+            rec[name] = cloud.points[:, k]
+        rec["class_id"] = cloud.class_id
+        rec["flags"] = cloud.flags
+        rec["instance_id"] = cloud.instance_id
+        rec["score"] = cloud.score
+        fields = [T["sensor_msgs/msg/PointField"](name=nm, offset=off, datatype=dt, count=1) for nm, off, dt in CLOUD_FIELDS]
+        return T["sensor_msgs/msg/PointCloud2"](
+            header=self._header(stamp_ns, self._lidar_frame), height=1, width=n, fields=fields, is_bigendian=False,
+            point_step=CLOUD_DTYPE.itemsize, row_step=CLOUD_DTYPE.itemsize * n, data=rec.view(np.uint8).reshape(-1),
+            is_dense=bool(np.isfinite(cloud.points[:, :3]).all()))
+
+    def _objects(self, stamp_ns: int, objects: list) -> Any:
+        T = self._ts.types
+        header = self._header(stamp_ns, BASE_FRAME)
+        dets = []
+        for o in objects:
+            c, s = np.asarray(o.box_center, np.float64), np.asarray(o.box_size, np.float64)
+            pose = self._pose(c[0], c[1], c[2], float(o.yaw))
+            m = np.asarray(o.centroid, np.float64)
+            hyp = T["vision_msgs/msg/ObjectHypothesisWithPose"](
+                hypothesis=T["vision_msgs/msg/ObjectHypothesis"](class_id=self.taxonomy.names[int(o.class_id)],
+                                                                 score=float(o.score)),
+                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=self._pose(m[0], m[1], m[2], float(o.yaw)),
+                                                               covariance=np.zeros(36)))
+            dets.append(T["vision_msgs/msg/Detection3D"](
+                header=header, results=[hyp],
+                bbox=T["vision_msgs/msg/BoundingBox3D"](center=pose, size=T["geometry_msgs/msg/Vector3"](
+                    x=float(s[0]), y=float(s[1]), z=float(s[2]))),
+                id=str(int(o.instance_id))))
+        return T["vision_msgs/msg/Detection3DArray"](header=header, detections=dets)
+
+    def _lanes(self, stamp_ns: int, lanes: list) -> Any:
+        T = self._ts.types
+        out = []
+        for i, lane in enumerate(lanes):
+            pts = sample_lane(lane.coeffs, lane.x_min_m, lane.x_max_m)
+            out.append(T["segfuse_msgs/msg/LaneBoundary"](
+                lane_id=i, type=str(lane.type),
+                points=[T["geometry_msgs/msg/Point"](x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in pts]))
+        return T["segfuse_msgs/msg/LaneBoundaryArray"](header=self._header(stamp_ns, BASE_FRAME), boundaries=out)
+
+
+class Recorder(RosMessages):
     """``write(work)`` per frame (in order, from one thread), ``close()`` once; ``abort()`` drops it."""
 
     def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None,
@@ -129,42 +217,6 @@ class Recorder:
             conn = self._writer.add_connection(topic, msgtype, typestore=self._ts, offered_qos_profiles=qos)
             self._conns[topic] = conn
         self._writer.write(conn, int(stamp_ns), self._ts.serialize_cdr(msg, msgtype))
-
-    def _header(self, stamp_ns: int, frame_id: str) -> Any:
-        T = self._ts.types
-        stamp_ns = int(stamp_ns)
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
-                                                                              nanosec=stamp_ns % 1_000_000_000),
-                                        frame_id=frame_id)
-
-    def _transform(self, stamp_ns: int, parent: str, child: str, M: np.ndarray) -> Any:
-        from pipeline.drive.common import quat_from_matrix
-
-        T = self._ts.types
-        q = quat_from_matrix(np.asarray(M, np.float64)[:3, :3])
-        t = np.asarray(M, np.float64)[:3, 3]
-        return T["geometry_msgs/msg/TransformStamped"](
-            header=self._header(stamp_ns, parent), child_frame_id=child,
-            transform=T["geometry_msgs/msg/Transform"](
-                translation=T["geometry_msgs/msg/Vector3"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                rotation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
-                                                           w=float(q[3]))))
-
-    def _image(self, stamp_ns: int, array: np.ndarray, encoding: str) -> Any:
-        h = array.shape[0]
-        data = array.reshape(-1) if array.dtype == np.uint8 else array.astype("<u2").view(np.uint8).reshape(-1)
-        return self._ts.types["sensor_msgs/msg/Image"](
-            header=self._header(stamp_ns, self._cam_frame), height=h, width=array.shape[1], encoding=encoding,
-            is_bigendian=0, step=int(data.size // h), data=np.ascontiguousarray(data))
-
-    def _string(self, text: str) -> Any:
-        return self._ts.types["std_msgs/msg/String"](data=text)
-
-    def _pose(self, x: float, y: float, z: float, yaw: float) -> Any:
-        T = self._ts.types
-        return T["geometry_msgs/msg/Pose"](
-            position=T["geometry_msgs/msg/Point"](x=float(x), y=float(y), z=float(z)),
-            orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(0.5 * yaw), w=math.cos(0.5 * yaw)))
 
     # -- frames ----------------------------------------------------------------------------
     def _start(self, stamp_ns: int) -> None:
@@ -229,52 +281,6 @@ class Recorder:
             header=self._header(stamp_ns, self._cam_frame), height=int(m.height), width=int(m.width),
             distortion_model=model, d=dist.copy(), k=K.reshape(9).copy(),
             r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi)
-
-    def _cloud(self, stamp_ns: int, cloud: Any) -> Any:
-        T = self._ts.types
-        n = int(cloud.points.shape[0])
-        rec = np.zeros(n, CLOUD_DTYPE)
-        for k, name in enumerate(("x", "y", "z", "intensity")):
-            rec[name] = cloud.points[:, k]
-        rec["class_id"] = cloud.class_id
-        rec["flags"] = cloud.flags
-        rec["instance_id"] = cloud.instance_id
-        rec["score"] = cloud.score
-        fields = [T["sensor_msgs/msg/PointField"](name=nm, offset=off, datatype=dt, count=1) for nm, off, dt in CLOUD_FIELDS]
-        return T["sensor_msgs/msg/PointCloud2"](
-            header=self._header(stamp_ns, self._lidar_frame), height=1, width=n, fields=fields, is_bigendian=False,
-            point_step=CLOUD_DTYPE.itemsize, row_step=CLOUD_DTYPE.itemsize * n, data=rec.view(np.uint8).reshape(-1),
-            is_dense=bool(np.isfinite(cloud.points[:, :3]).all()))
-
-    def _objects(self, stamp_ns: int, objects: list) -> Any:
-        T = self._ts.types
-        header = self._header(stamp_ns, BASE_FRAME)
-        dets = []
-        for o in objects:
-            c, s = np.asarray(o.box_center, np.float64), np.asarray(o.box_size, np.float64)
-            pose = self._pose(c[0], c[1], c[2], float(o.yaw))
-            m = np.asarray(o.centroid, np.float64)
-            hyp = T["vision_msgs/msg/ObjectHypothesisWithPose"](
-                hypothesis=T["vision_msgs/msg/ObjectHypothesis"](class_id=self.taxonomy.names[int(o.class_id)],
-                                                                 score=float(o.score)),
-                pose=T["geometry_msgs/msg/PoseWithCovariance"](pose=self._pose(m[0], m[1], m[2], float(o.yaw)),
-                                                               covariance=np.zeros(36)))
-            dets.append(T["vision_msgs/msg/Detection3D"](
-                header=header, results=[hyp],
-                bbox=T["vision_msgs/msg/BoundingBox3D"](center=pose, size=T["geometry_msgs/msg/Vector3"](
-                    x=float(s[0]), y=float(s[1]), z=float(s[2]))),
-                id=str(int(o.instance_id))))
-        return T["vision_msgs/msg/Detection3DArray"](header=header, detections=dets)
-
-    def _lanes(self, stamp_ns: int, lanes: list) -> Any:
-        T = self._ts.types
-        out = []
-        for i, lane in enumerate(lanes):
-            pts = sample_lane(lane.coeffs, lane.x_min_m, lane.x_max_m)
-            out.append(T["segfuse_msgs/msg/LaneBoundary"](
-                lane_id=i, type=str(lane.type),
-                points=[T["geometry_msgs/msg/Point"](x=float(p[0]), y=float(p[1]), z=float(p[2])) for p in pts]))
-        return T["segfuse_msgs/msg/LaneBoundaryArray"](header=self._header(stamp_ns, BASE_FRAME), boundaries=out)
 
     def _markers(self, stamp_ns: int, res: Any) -> Any:
         T = self._ts.types

@@ -1,0 +1,179 @@
+"""``segfuse listen``: subscribe to segfuse's Zenoh topics, show what arrives, optionally record it.
+
+The live table (every second): per topic the count, the rate, the latency from the sensor
+stamp (header) and from the publisher's put (attachment source timestamp), and the mean size.
+``--record OUT.mcap`` writes every sample as it came (CDR, ROS 2 schemas) to one MCAP file
+Foxglove opens; ``--json FILE`` writes, at exit, per topic the key expression, counts and every
+attachment (sequence number, source timestamp, GID). Samples are queued without bound, so the
+recording loses nothing; malformed samples are reported and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("listen", help="subscribe to a run's Zenoh topics: live table, MCAP recording",
+                       description="Subscribe to segfuse's topics over Zenoh (rmw_zenoh key layout, CDR).")
+    p.add_argument("--topic", action="append", default=[],
+                   help="topic to show, e.g. /segfuse/points (repeatable; default: every /segfuse topic)")
+    p.add_argument("--record", help="record the samples to this MCAP file")
+    p.add_argument("--connect", action="append", default=[], help="Zenoh endpoint to connect to (repeatable)")
+    p.add_argument("--listen", action="append", default=[], help="Zenoh endpoint to listen on (repeatable)")
+    p.add_argument("--mode", default="peer", choices=["peer", "client"], help="Zenoh mode (default peer)")
+    p.add_argument("--config", help="a Zenoh JSON5 config file (the options above override it)")
+    p.add_argument("--shared-memory", action="store_true",
+                   help="enable Zenoh shared memory (same-machine publishers with shared_memory: true)")
+    p.add_argument("--domain-id", type=int, default=0, help="ROS domain id (default 0)")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: until Ctrl-C)")
+    p.add_argument("--idle", type=float, default=0.0,
+                   help="stop once nothing arrived for S seconds after the first sample (0: never)")
+    p.add_argument("--count", type=int, default=0, help="stop after N samples (0: no limit)")
+    p.add_argument("--json", help="write the per-topic counts and attachments to this JSON file at exit")
+    p.add_argument("--quiet", action="store_true", help="no live table")
+    p.set_defaults(func=listen)
+
+
+class McapSink:
+    """Raw CDR samples into one MCAP file (ros2msg schemas from our type store)."""
+
+    def __init__(self, path: str, typestore) -> None:
+        from mcap.writer import Writer
+
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "wb")
+        self._w = Writer(self._f)
+        self._w.start(profile="ros2", library="segfuse listen")
+        self._ts = typestore
+        self._schemas: dict[str, int] = {}
+        self._channels: dict[str, int] = {}
+
+    def write(self, topic: str, msgtype: str, log_ns: int, payload: bytes) -> None:
+        cid = self._channels.get(topic)
+        if cid is None:
+            sid = self._schemas.get(msgtype)
+            if sid is None:
+                text, _ = self._ts.generate_msgdef(msgtype, ros_version=2)
+                sid = self._w.register_schema(name=msgtype, encoding="ros2msg", data=text.encode())
+                self._schemas[msgtype] = sid
+            cid = self._w.register_channel(topic=topic, message_encoding="cdr", schema_id=sid)
+            self._channels[topic] = cid
+        self._w.add_message(channel_id=cid, log_time=int(log_ns), data=payload, publish_time=int(log_ns))
+
+    def close(self) -> None:
+        self._w.finish()
+        self._f.close()
+
+
+def listen(args: argparse.Namespace) -> int:
+    import json
+    import queue
+    import signal
+    import sys
+    import threading
+    import time
+
+    import zenoh
+
+    from pipeline.errors import ConfigError
+    from pipeline.planner_api import SampleDecoder
+    from pipeline.sinks.publisher import zenoh_config
+
+    for ep in args.connect + args.listen:
+        if "/" not in ep:
+            raise ConfigError(f"a Zenoh endpoint like tcp/127.0.0.1:7447, got {ep!r}", field="--connect/--listen")
+    decoder = SampleDecoder()
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    conf = zenoh_config(mode=args.mode, connect=args.connect, listen=args.listen, config_file=args.config,
+                        shared_memory=args.shared_memory, field_prefix="--")
+    try:
+        session = zenoh.open(conf)
+    except Exception as exc:                       # zenoh's ZError: a bad or busy endpoint
+        raise ConfigError(f"cannot open a Zenoh session: {exc}", field="--connect/--listen") from exc
+
+    def on_sample(sample) -> None:                 # zenoh's thread: copy out, decode on ours
+        att = sample.attachment
+        inbox.put((str(sample.key_expr), sample.payload.to_bytes(), None if att is None else att.to_bytes(),
+                   time.time_ns()))
+
+    sub = session.declare_subscriber(f"{args.domain_id}/segfuse/**", on_sample)
+    sink = McapSink(args.record, decoder.ts) if args.record else None
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    stats: dict[str, dict] = {}
+    malformed: list[str] = []
+    total = 0
+    t0 = last_rx = time.monotonic()
+    last_table = t0
+    sys.stdout.write(f"segfuse listen: ready on domain {args.domain_id} "
+                     f"(connect {args.connect or '-'}, listen {args.listen or '-'})\n")
+    sys.stdout.flush()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if args.duration and now - t0 >= args.duration:
+                break
+            if args.idle and total and now - last_rx >= args.idle:
+                break
+            if args.count and total >= args.count:
+                break
+            if not args.quiet and now - last_table >= 1.0:
+                sys.stdout.write(_table(stats, now) + "\n")
+                sys.stdout.flush()
+                last_table = now
+            try:
+                key, payload, att, rx_ns = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            last_rx = time.monotonic()
+            try:
+                d = decoder.decode(key, payload, att, numpy=False)
+            except Exception as exc:
+                malformed.append(f"{key}: {exc}")
+                log.warning("skipped a malformed sample on %s: %s", key, exc)
+                continue
+            if args.topic and d.topic not in args.topic:
+                continue
+            total += 1
+            s = stats.setdefault(d.topic, {"key": key, "msgtype": d.msgtype, "count": 0, "bytes": 0, "first": last_rx,
+                                           "sensor_lat_ms": 0.0, "put_lat_ms": 0.0, "attachments": []})
+            s["count"] += 1
+            s["bytes"] += d.size
+            s["last"] = last_rx
+            s["sensor_lat_ms"] = (rx_ns - d.stamp_ns) / 1e6
+            s["put_lat_ms"] = (rx_ns - d.source_timestamp_ns) / 1e6
+            s["attachments"].append([d.sequence_number, d.source_timestamp_ns, att[17:33].hex()])
+            if sink is not None:
+                sink.write(d.topic, d.msgtype, d.stamp_ns, payload)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        sub.undeclare()
+        session.close()
+        if sink is not None:
+            sink.close()
+    if not args.quiet:
+        sys.stdout.write(_table(stats, time.monotonic()) + "\n")
+    sys.stdout.write(f"segfuse listen: {total} samples, {len(malformed)} malformed"
+                     + (f", recorded to {args.record}" if args.record else "") + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"total": total, "malformed": malformed,
+                       "topics": {k: {kk: vv for kk, vv in v.items() if kk not in ("first", "last")}
+                                  for k, v in stats.items()}}, f, indent=1)
+    return 0
+
+
+def _table(stats: dict, now: float) -> str:
+    lines = [f"{'topic':<32}{'count':>7}{'rate Hz':>9}{'lat sensor ms':>15}{'lat put ms':>12}{'size kB':>10}"]
+    for topic, s in sorted(stats.items()):
+        span = s.get("last", now) - s["first"]
+        rate = (s["count"] - 1) / span if s["count"] > 1 and span > 0 else 0.0
+        lines.append(f"{topic:<32}{s['count']:>7}{rate:>9.1f}{s['sensor_lat_ms']:>15.1f}{s['put_lat_ms']:>12.2f}"
+                     f"{s['bytes'] / max(s['count'], 1) / 1e3:>10.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,289 @@
+"""Publisher sink: the run's results over Zenoh, as ROS 2 messages an rmw_zenoh node can take.
+
+Every message is CDR (rosbags ``serialize_cdr``, the same message objects the recorder writes:
+both use :class:`pipeline.sinks.recorder.RosMessages`), put on the rmw_zenoh key expression of
+its topic with the rmw_zenoh attachment (pipeline.zenoh_keys; docs/publishing.md).
+
+| topic | type |
+|---|---|
+| ``/segfuse/points`` | sensor_msgs/msg/PointCloud2 (x, y, z, intensity, class_id, flags, instance_id, score) |
+| ``/segfuse/{cam}/semantic`` | sensor_msgs/msg/Image mono8 (class ids; never compressed) |
+| ``/segfuse/{cam}/instance`` | sensor_msgs/msg/Image mono16 (instance ids, 0 none) |
+| ``/segfuse/objects`` | vision_msgs/msg/Detection3DArray |
+| ``/segfuse/lane_lines`` | segfuse_msgs/msg/LaneLineArray (cubics, x range, type, confidence) |
+| ``/segfuse/status`` | segfuse_msgs/msg/FrameStatus (stamps, latency, drops, flags) |
+
+QoS: ``latest`` (default) puts with congestion control DROP, so a slow or vanished subscriber
+never stalls the pipeline thread; ``reliable`` puts with BLOCK (for recorders: nothing is lost,
+and a slow recorder slows the pipeline). ``shared_memory: true`` enables Zenoh's shared-memory
+transport and puts payloads from a shared-memory pool (same-machine subscribers read in place).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, RosMessages, instance_topic, semantic_topic
+
+log = logging.getLogger(__name__)
+
+TOPIC_LANE_LINES = "/segfuse/lane_lines"
+TOPIC_FRAME_STATUS = "/segfuse/status"
+T_CLOUD = "sensor_msgs/msg/PointCloud2"
+T_IMAGE = "sensor_msgs/msg/Image"
+T_OBJECTS = "vision_msgs/msg/Detection3DArray"
+T_LANES = "segfuse_msgs/msg/LaneLineArray"
+T_STATUS = "segfuse_msgs/msg/FrameStatus"
+MODES = ("peer", "client", "router")
+QOS = ("latest", "reliable")
+
+
+@dataclass
+class PublisherConfig:
+    """``sinks.publisher`` of a run config (docs/runtime.md, docs/publishing.md)."""
+
+    enabled: bool = False
+    mode: str = "peer"
+    connect: list[str] = field(default_factory=list)      # e.g. ["tcp/127.0.0.1:7447"]
+    listen: list[str] = field(default_factory=list)
+    config_file: str | None = None                        # a Zenoh JSON5 config; the keys above override it
+    domain_id: int = 0
+    qos: str = "latest"
+    shared_memory: bool = False
+    shm_pool_mb: int = 64
+    wait_subscribers_s: float = 0.0                       # at start, wait up to this long for a subscriber
+    multicast_scouting: bool = False
+
+
+def publisher_config_from_dict(d: dict[str, Any] | None, *, path: str = "<config>",
+                               prefix: str = "sinks.publisher.") -> PublisherConfig:
+    from pipeline.config import check_unknown_keys, get_key
+
+    d = d or {}
+    check_unknown_keys(d, set(PublisherConfig.__dataclass_fields__), path=path, prefix=prefix)
+    cfg = PublisherConfig(
+        enabled=get_key(d, "enabled", bool, path=path, default=False, prefix=prefix),
+        mode=get_key(d, "mode", str, path=path, default="peer", prefix=prefix),
+        connect=list(get_key(d, "connect", list, path=path, default=[], prefix=prefix)),
+        listen=list(get_key(d, "listen", list, path=path, default=[], prefix=prefix)),
+        config_file=get_key(d, "config_file", (str, type(None)), path=path, default=None, prefix=prefix),
+        domain_id=get_key(d, "domain_id", int, path=path, default=0, prefix=prefix),
+        qos=get_key(d, "qos", str, path=path, default="latest", prefix=prefix),
+        shared_memory=get_key(d, "shared_memory", bool, path=path, default=False, prefix=prefix),
+        shm_pool_mb=get_key(d, "shm_pool_mb", int, path=path, default=64, prefix=prefix),
+        wait_subscribers_s=get_key(d, "wait_subscribers_s", float, path=path, default=0.0, prefix=prefix),
+        multicast_scouting=get_key(d, "multicast_scouting", bool, path=path, default=False, prefix=prefix))
+    if cfg.mode not in MODES:
+        raise ConfigError(f"must be one of {', '.join(MODES)}, got {cfg.mode!r}", path=path, field=prefix + "mode")
+    if cfg.qos not in QOS:
+        raise ConfigError(f"must be one of {', '.join(QOS)}, got {cfg.qos!r}", path=path, field=prefix + "qos")
+    for key in ("connect", "listen"):
+        for ep in getattr(cfg, key):
+            if not isinstance(ep, str) or "/" not in ep:
+                raise ConfigError(f"a Zenoh endpoint like tcp/127.0.0.1:7447, got {ep!r}", path=path,
+                                  field=prefix + key)
+    if not 0 <= cfg.domain_id <= 232:
+        raise ConfigError("must be within 0..232", path=path, field=prefix + "domain_id")
+    if cfg.shm_pool_mb < 1 or cfg.wait_subscribers_s < 0:
+        raise ConfigError("must be positive", path=path, field=prefix + ("shm_pool_mb" if cfg.shm_pool_mb < 1
+                                                                          else "wait_subscribers_s"))
+    return cfg
+
+
+def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen: list[str] | None = None,
+                 config_file: str | None = None, shared_memory: bool = False, multicast_scouting: bool = False,
+                 field_prefix: str = "sinks.publisher.") -> Any:
+    """A zenoh.Config: the file (if any), then mode/endpoints/scouting/shared memory on top."""
+    import json
+
+    import zenoh
+
+    if config_file:
+        try:
+            conf = zenoh.Config.from_file(config_file)
+        except Exception as exc:       # zenoh raises its own ZError
+            raise ConfigError(f"cannot read Zenoh config: {exc}", path=config_file,
+                              field=field_prefix + "config_file") from exc
+    else:
+        conf = zenoh.Config()
+    try:
+        conf.insert_json5("mode", json.dumps(mode))
+        if connect:
+            conf.insert_json5("connect/endpoints", json.dumps(list(connect)))
+        if listen:
+            conf.insert_json5("listen/endpoints", json.dumps(list(listen)))
+        conf.insert_json5("scouting/multicast/enabled", json.dumps(bool(multicast_scouting)))
+        # explicit both ways: zenoh 1.x has shared memory on by default (and copies large
+        # payloads into it by itself), so "off" has to be said to mean off
+        conf.insert_json5("transport/shared_memory/enabled", json.dumps(bool(shared_memory)))
+    except Exception as exc:
+        raise ConfigError(f"invalid Zenoh setting: {exc}", field=field_prefix.rstrip(".")) from exc
+    return conf
+
+
+class ZenohPublisher(RosMessages):
+    """``write(work)`` per frame from one thread, ``close()`` once (``abort()`` = close)."""
+
+    def __init__(self, cfg: PublisherConfig, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None) -> None:
+        import zenoh
+
+        from pipeline.msgs import make_typestore
+        from pipeline.zenoh_keys import topic_key, type_hash
+
+        self.cfg = cfg
+        self.taxonomy = taxonomy
+        self._ts = make_typestore()
+        cam = rig.camera(camera_id) if rig is not None and camera_id in rig.camera_names else None
+        self._cam_frame = cam.frame_id if cam is not None else f"{camera_id}_optical"
+        lid = None
+        if rig is not None and lidar_id is not None:
+            lid = rig.lidar(lidar_id if lidar_id in rig.lidar_names else None)
+        self._lidar_frame = lid.frame_id if lid is not None else (lidar_id or "lidar")
+        self.topics = {TOPIC_POINTS: T_CLOUD, semantic_topic(camera_id): T_IMAGE, instance_topic(camera_id): T_IMAGE,
+                       TOPIC_OBJECTS: T_OBJECTS, TOPIC_LANE_LINES: T_LANES, TOPIC_FRAME_STATUS: T_STATUS}
+        conf = zenoh_config(mode=cfg.mode, connect=cfg.connect, listen=cfg.listen, config_file=cfg.config_file,
+                            shared_memory=cfg.shared_memory, multicast_scouting=cfg.multicast_scouting)
+        try:
+            self.session = zenoh.open(conf)
+        except Exception as exc:
+            raise ConfigError(f"cannot open a Zenoh session: {exc}", field="sinks.publisher") from exc
+        cc = zenoh.CongestionControl.BLOCK if cfg.qos == "reliable" else zenoh.CongestionControl.DROP
+        self.keys: dict[str, str] = {}
+        self._pubs: dict[str, Any] = {}
+        self._gids: dict[str, bytes] = {}
+        self._seq: dict[str, int] = {}
+        for topic, msgtype in self.topics.items():
+            key = topic_key(cfg.domain_id, topic, msgtype, type_hash(self._ts, msgtype))
+            self.keys[topic] = key
+            self._pubs[topic] = self.session.declare_publisher(key, congestion_control=cc,
+                                                               reliability=zenoh.Reliability.RELIABLE)
+            self._gids[topic] = os.urandom(16)
+            self._seq[topic] = 0
+        self._shm = None
+        if cfg.shared_memory:
+            try:
+                from zenoh.shm import ShmProvider
+
+                self._shm = ShmProvider.default_backend(cfg.shm_pool_mb * 1024 * 1024)
+            except Exception as exc:     # not built with shared memory: plain buffers
+                log.warning("shared memory unavailable (%s): publishing from plain buffers", exc)
+        self._lock = threading.Lock()
+        self._state = "open"
+        self.frames = 0
+        self.samples = 0
+        self.bytes = 0
+        self.errors = 0
+        self.dropped_fn: Any = None           # set by the runner: () -> frames dropped so far
+        if cfg.wait_subscribers_s > 0:
+            self.wait_for_subscribers(cfg.wait_subscribers_s)
+        log.info("publishing on Zenoh (%s, qos %s%s): %s", cfg.mode, cfg.qos, ", shared memory" if self._shm else "",
+                 ", ".join(sorted(self.keys.values())))
+
+    def wait_for_subscribers(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every topic has a matching subscriber; True when they all do."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(p.matching_status.matching for p in self._pubs.values()):
+                return True
+            time.sleep(0.02)
+        return False
+
+    # -- putting ----------------------------------------------------------------------------
+    def put_cdr(self, topic: str, payload: bytes | memoryview, *, stamp_ns: int | None = None) -> None:
+        """Put one serialized message on ``topic`` with the rmw_zenoh attachment."""
+        from pipeline.zenoh_keys import encode_attachment
+
+        self._seq[topic] += 1
+        att = encode_attachment(self._seq[topic], time.time_ns() if stamp_ns is None else stamp_ns, self._gids[topic])
+        data: Any = bytes(payload)
+        if self._shm is not None:
+            try:
+                from zenoh.shm import BlockOn, GarbageCollect
+
+                buf = self._shm.alloc(len(data), BlockOn(GarbageCollect()) if self.cfg.qos == "reliable"
+                                      else GarbageCollect())
+                buf[:] = data
+                data = buf
+            except Exception as exc:      # pool exhausted (latest mode): fall back to a copy
+                log.debug("shm alloc failed: %s", exc)
+        self._pubs[topic].put(data, attachment=att)
+        self.samples += 1
+        self.bytes += len(payload)
+
+    def _publish(self, topic: str, msg: Any) -> None:
+        self.put_cdr(topic, self._ts.serialize_cdr(msg, self.topics[topic]))
+
+    def write(self, work: Any) -> None:
+        """Publish one frame's results (a pipeline.sync.FrameWork); errors are counted, never raised."""
+        if self._state != "open":
+            return
+        try:
+            with self._lock:
+                self._write(work)
+        except Exception as exc:          # a publishing failure must not fail the run or the recording
+            self.errors += 1
+            log.warning("publisher: frame %s not published: %s", getattr(work, "index", "?"), exc)
+
+    def _write(self, work: Any) -> None:
+        cam = work.camera
+        cam_ns = int(cam.stamp_ns)
+        cid = cam.camera_id
+        sweep = work.synced.lidar
+        res = work.fusion
+        if res is not None and sweep is not None:
+            self._publish(TOPIC_POINTS, self._cloud(sweep.stamp_ns, res.cloud))
+        sem = work.semantic.get(cid)
+        if sem is not None and semantic_topic(cid) in self.topics:
+            self._publish(semantic_topic(cid), self._image(cam_ns, sem.class_ids, "mono8"))
+        imap = work.instance_maps.get(cid)
+        if imap is not None and instance_topic(cid) in self.topics:
+            self._publish(instance_topic(cid), self._image(cam_ns, imap.ids, "mono16"))
+        if res is not None and sweep is not None:
+            self._publish(TOPIC_OBJECTS, self._objects(cam_ns, res.objects))
+            self._publish(TOPIC_LANE_LINES, self._lane_lines(cam_ns, res.lanes))
+        self._publish(TOPIC_FRAME_STATUS, self._status(work, cam_ns))
+        self.frames += 1
+
+    def _lane_lines(self, stamp_ns: int, lanes: list) -> Any:
+        T = self._ts.types
+        lines = [T["segfuse_msgs/msg/LaneLine"](coefficients=np.asarray(lane.coeffs, np.float64).reshape(4).copy(),
+                                                x_min_m=float(lane.x_min_m), x_max_m=float(lane.x_max_m),
+                                                type=str(lane.type), confidence=float(lane.confidence))
+                 for lane in lanes]
+        return T[T_LANES](header=self._header(stamp_ns, "base_link"), lines=lines)
+
+    def _status(self, work: Any, cam_ns: int) -> Any:
+        sweep = work.synced.lidar
+        res = work.fusion
+        latency_ms = (time.monotonic_ns() - int(work.received_ns)) / 1e6 if work.received_ns else -1.0
+        dropped = int(self.dropped_fn()) if self.dropped_fn is not None else 0
+        return self._ts.types[T_STATUS](
+            header=self._header(cam_ns, self._cam_frame), frame=int(work.index), camera_seq=int(work.camera_seq),
+            camera_stamp_ns=cam_ns, lidar_stamp_ns=-1 if sweep is None else int(sweep.stamp_ns),
+            publish_stamp_ns=time.time_ns(), pipeline_latency_ms=float(latency_ms), frames_dropped=dropped,
+            lidar_missing=sweep is None, fused=res is not None,
+            ego_motion=bool(res is not None and res.ego_motion_applied))
+
+    # -- closing ----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._state != "open":
+            return
+        self._state = "closed"
+        with self._lock:
+            for pub in self._pubs.values():
+                try:
+                    pub.undeclare()
+                except Exception as exc:
+                    log.debug("undeclare: %s", exc)
+            self.session.close()
+        log.info("published %d frames (%d samples, %.1f MB, %d errors)", self.frames, self.samples, self.bytes / 1e6,
+                 self.errors)
+
+    abort = close
