@@ -15,8 +15,10 @@ from typing import Any
 from pipeline.config import Taxonomy, check_unknown_keys, get_key, load_taxonomy, load_yaml
 from pipeline.errors import ConfigError, EngineError
 
-DEEPLAB_ARCHS = ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101")
-MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "maskrcnn_mobilenet_v3_large_fpn")
+DEEPLAB_ARCHS = ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101",
+                 "deeplabv3plus_mobilenet_v3_small")
+MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "maskrcnn_mobilenet_v3_large_fpn",
+                  "maskrcnn_mobilenet_v3_small_fpn")
 ARCHS = DEEPLAB_ARCHS + MASKRCNN_ARCHS
 DEFAULT_INPUT_HW = (512, 1024)
 
@@ -182,6 +184,12 @@ def build_model(spec: ModelSpec):
 def build_torchvision_model(arch: str, num_classes: int):
     from torchvision.models import detection, segmentation
 
+    from engines import lite
+
+    if arch == lite.DEEPLAB_LITE:
+        return lite.build_deeplab_lite(num_classes)
+    if arch == lite.MASKRCNN_LITE:
+        return lite.build_maskrcnn_lite(num_classes)
     if arch in DEEPLAB_ARCHS:
         builder = getattr(segmentation, arch)
         return builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False).eval()
@@ -235,8 +243,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def checkpoint_num_classes(state: dict[str, Any], arch: str) -> int | None:
     """Number of classes a torchvision checkpoint was trained with (None if it cannot tell)."""
-    key = "classifier.4.weight" if model_kind(arch) == "deeplab" else "roi_heads.box_predictor.cls_score.weight"
-    tensor = state.get(key)
+    keys = (("classifier.4.weight", "classifier.weight") if model_kind(arch) == "deeplab"
+            else ("roi_heads.box_predictor.cls_score.weight",))
+    tensor = next((state[k] for k in keys if k in state), None)
     return int(tensor.shape[0]) if tensor is not None else None
 
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "calibration.cli",
     "pipeline.fusion.cli",
     "engines.cli",
+    "engines.train_cli",
     "pipeline.listen_cli",
 )
 

@@ -32,7 +32,7 @@ class InstanceMap:
     def from_instances(inst: Instances, *, min_score: float = 0.0, first_id: int = 1) -> "InstanceMap":
         """Paint masks lowest score first so the highest-scoring instance wins each pixel.
         Instance k (in ``inst`` order) gets id ``first_id + k``."""
-        H, W = inst.masks.shape[1:] if len(inst) else (0, 0)
+        H, W = inst.masks.shape[1:] if inst.masks.ndim == 3 else (0, 0)   # (0, H, W) when nothing was found
         n = len(inst)
         ids = np.zeros((H, W), np.uint16)
         class_of = np.zeros(first_id + n, np.uint8)

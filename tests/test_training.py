@@ -1,0 +1,147 @@
+"""Training data, augmentation, the metrics, and a short training run: checkpoint, resume, export."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.evaluation import MaskAPScorer, SemanticScorer, gt_instances
+from engines.training import Sample, augment, load_samples, maskrcnn_targets
+from pipeline.config import load_taxonomy
+
+TAX = load_taxonomy()
+
+
+@pytest.fixture(scope="module")
+def small_drive(tmp_path_factory) -> Path:
+    from pipeline.sim.simulate import simulate
+
+    path = tmp_path_factory.mktemp("train") / "drive"
+    simulate(path, frames=3, seed=4242, scale=0.5, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def samples(small_drive) -> list[Sample]:
+    return load_samples([small_drive], progress=False)
+
+
+def test_samples_hold_ground_truth(samples):
+    assert len(samples) == 3
+    s = samples[0]
+    assert s.image.shape[:2] == s.semantic.shape == s.instance.shape
+    assert s.image.dtype == np.uint8 and s.semantic.dtype == np.uint8 and s.instance.dtype == np.uint16
+    # every instance pixel carries a thing class in the semantic mask (the two topics agree)
+    things = np.isin(s.semantic, TAX.thing_ids)
+    assert np.mean(things[s.instance > 0]) > 0.99
+
+
+def test_augment_keeps_image_and_labels_aligned(samples):
+    rng = np.random.default_rng(0)
+    s = samples[0]
+    for _ in range(10):
+        img, sem, inst = augment(s, (96, 160), (0.7, 1.4), rng, TAX.ignore_id)
+        assert img.shape == (96, 160, 3) and sem.shape == inst.shape == (96, 160)
+        # labels are resampled nearest: only ids that exist in the source (or the pad id) appear
+        assert set(np.unique(sem)) <= set(np.unique(s.semantic)) | {TAX.ignore_id}
+        assert set(np.unique(inst)) <= set(np.unique(s.instance))
+        # instance pixels still lie on thing-class semantic pixels after scale, crop and flip
+        if (inst > 0).any():
+            assert np.mean(np.isin(sem[inst > 0], TAX.thing_ids)) > 0.99
+        # padding (ignore id) is black in the image
+        pad = sem == TAX.ignore_id
+        if pad.any():
+            assert img[pad].max() == 0
+
+
+def test_maskrcnn_targets_are_tight_boxes_of_their_masks(samples):
+    label_of = {TAX.id(n): i + 1 for i, n in enumerate(TAX.thing_names)}
+    s = max(samples, key=lambda x: len(np.unique(x.instance)))
+    t = maskrcnn_targets(s.semantic, s.instance, TAX, label_of, min_box_px=4)
+    assert len(t["boxes"]) > 0
+    for box, label, mask in zip(t["boxes"], t["labels"], t["masks"]):
+        ys, xs = np.nonzero(mask)
+        assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert 1 <= label <= len(TAX.thing_names)
+        cls = TAX.thing_names[label - 1]
+        assert np.all(s.semantic[mask.astype(bool)] == TAX.id(cls))
+
+
+def test_semantic_scorer_iou_by_hand():
+    sc = SemanticScorer(TAX)
+    true = np.zeros((4, 4), np.uint8)               # all road
+    true[0, :] = TAX.id("sky")
+    pred = true.copy()
+    pred[1, 0] = TAX.id("sky")                      # one road pixel called sky
+    pred[3, 3] = TAX.ignore_id                      # one road pixel left unlabelled: a miss
+    sc.add(pred, true)
+    r = sc.result()
+    assert r["iou"]["sky"] == pytest.approx(4 / 5)
+    assert r["iou"]["road"] == pytest.approx(10 / 12)
+    assert r["miou"] == pytest.approx((4 / 5 + 10 / 12) / 2)
+    ident = SemanticScorer(TAX)
+    ident.add(true, true)
+    assert ident.result()["miou"] == 1.0
+
+
+def test_mask_ap_perfect_shifted_and_ignored(samples):
+    s = max(samples, key=lambda x: len(np.unique(x.instance)))
+    gts = gt_instances(s.semantic, s.instance, TAX)
+    assert gts
+    classes = np.array([c for c, _ in gts])
+    masks = np.stack([m for _, m in gts])
+    perfect = MaskAPScorer(TAX, min_gt_height_px=0)
+    perfect.add(s.semantic, s.instance, classes, np.linspace(0.9, 0.5, len(gts)), masks)
+    r = perfect.result()
+    assert r["ap50"] == pytest.approx(1.0) and r["ap"] == pytest.approx(1.0)
+    # masks shifted far off their objects: nothing matches
+    shifted = MaskAPScorer(TAX, min_gt_height_px=0)
+    shifted.add(s.semantic, s.instance, classes, np.full(len(gts), 0.9), np.roll(masks, 40, axis=2))
+    assert shifted.result()["ap50"] < 0.5
+    # with no detections on the small ones, requiring them costs recall; ignoring them does not
+    heights = np.array([np.ptp(np.nonzero(m)[0]) + 1 for m in masks])
+    big = heights >= 8
+    assert big.any() and (~big).any(), "the drive should hold both small and large instances"
+    strict = MaskAPScorer(TAX, min_gt_height_px=0)
+    strict.add(s.semantic, s.instance, classes[big], np.full(big.sum(), 0.9), masks[big])
+    lenient = MaskAPScorer(TAX, min_gt_height_px=8)
+    lenient.add(s.semantic, s.instance, classes[big], np.full(big.sum(), 0.9), masks[big])
+    assert lenient.result()["ap50"] == pytest.approx(1.0)
+    assert strict.result()["ap50"] < 1.0
+
+
+@pytest.mark.parametrize("kind", ["deeplab", "maskrcnn"])
+def test_train_checkpoint_resume_and_export(kind, small_drive, samples, tmp_path):
+    from engines.contracts import read_onnx_io
+    from engines.training import TrainConfig, export_trained, train
+
+    arch = {"deeplab": "deeplabv3plus_mobilenet_v3_small", "maskrcnn": "maskrcnn_mobilenet_v3_small_fpn"}[kind]
+    crop = (96, 160) if kind == "deeplab" else (128, 192)
+    cfg = TrainConfig(kind=kind, arch=arch, drives=[str(small_drive)], out_dir=str(tmp_path), steps=2, batch=2,
+                      crop_hw=crop, warmup_steps=1, checkpoint_every=1, export_hw=(192, 640), threads=1)
+    first = train(cfg, progress=False, samples=samples)
+    assert first["steps"] == 2
+    with pytest.raises(Exception, match="--resume"):
+        train(cfg, progress=False, samples=samples)          # never overwrites a run by accident
+    cfg.steps = 3
+    second = train(cfg, resume=True, progress=False, samples=samples)
+    assert second["steps"] == 3
+    rows = list(csv.reader(open(tmp_path / "loss_log.csv")))
+    assert rows[0][:3] == ["step", "seconds", "lr"] and [r[0] for r in rows[1:]] == ["1", "2", "3"]
+    assert all(np.isfinite(float(v)) for r in rows[1:] for v in r[3:])
+    report = json.loads((tmp_path / "train_report.json").read_text())
+    assert report["arch"] == arch and report["steps"] == 3
+    overrides = {"num_detections": 10, "rpn_pre_nms_top_n": 100, "rpn_post_nms_top_n": 50,
+                 "box_candidates": 50} if kind == "maskrcnn" else {}
+    rep = export_trained(arch, report["weights"], tmp_path / "m.onnx", input_hw=(192, 640),
+                         verify_frames=[samples[0].image], **overrides)
+    io = read_onnx_io(tmp_path / "m.onnx")
+    assert io.metadata["segfuse.arch"] == arch
+    assert io.metadata["segfuse.source"].startswith(Path(report["weights"]).name)
+    if kind == "deeplab":
+        assert rep.agreement["pixel_agreement"] > 0.999
+    else:
+        assert rep.agreement["matched"] >= 0.99 or rep.frames == 0 or np.isnan(rep.agreement["matched"])
