@@ -2,10 +2,18 @@
 
 The live table (every second): per topic the count, the rate, the latency from the sensor
 stamp (header) and from the publisher's put (attachment source timestamp), and the mean size.
-``--record OUT.mcap`` writes every sample as it came (CDR, ROS 2 schemas) to one MCAP file
-Foxglove opens; ``--json FILE`` writes, at exit, per topic the key expression, counts and every
-attachment (sequence number, source timestamp, GID). Samples are queued without bound, so the
-recording loses nothing; malformed samples are reported and skipped.
+The ROS graph of the domain is followed through rmw_zenoh's liveliness tokens (``@ros2_lv/...``,
+pipeline.zenoh_keys): nodes and publishers are shown as they come and go, with their ROS topic
+names, types and QoS.
+
+``--record DIR`` writes a rosbag2 directory (metadata.yaml + MCAP storage, written by rosbags'
+rosbag2 Writer: the raw CDR payloads as they came, with their ROS type names and message
+definitions; timestamps are the receive times, as ``ros2 bag record`` writes them), which
+``ros2 bag`` and rosbags' AnyReader open; ``--record OUT.mcap`` (a path ending in .mcap) writes
+one bare MCAP file instead (log time = header stamp), for Foxglove. ``--json FILE`` writes, at
+exit, per topic the key expression, counts and every attachment (sequence number, source
+timestamp, GID), and the graph seen. Samples are queued without bound, so the recording loses
+nothing; malformed samples are reported and skipped.
 """
 from __future__ import annotations
 
@@ -20,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Subscribe to segfuse's topics over Zenoh (rmw_zenoh key layout, CDR).")
     p.add_argument("--topic", action="append", default=[],
                    help="topic to show, e.g. /segfuse/points (repeatable; default: every /segfuse topic)")
-    p.add_argument("--record", help="record the samples to this MCAP file")
+    p.add_argument("--record", metavar="PATH",
+                   help="record the samples to a new rosbag2 directory (MCAP storage); a PATH ending in "
+                        ".mcap writes one bare MCAP file instead")
     p.add_argument("--connect", action="append", default=[], help="Zenoh endpoint to connect to (repeatable)")
     p.add_argument("--listen", action="append", default=[], help="Zenoh endpoint to listen on (repeatable)")
     p.add_argument("--mode", default="peer", choices=["peer", "client"], help="Zenoh mode (default peer)")
@@ -70,6 +80,95 @@ class McapSink:
         self._f.close()
 
 
+class Rosbag2Sink:
+    """Raw CDR samples into a new rosbag2 directory (rosbags' Writer, MCAP storage, metadata.yaml)."""
+
+    def __init__(self, path: str, typestore) -> None:
+        from pathlib import Path
+
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        from pipeline.errors import ConfigError
+
+        target = Path(path)
+        if target.exists():
+            raise ConfigError("already exists: a rosbag2 recording is a new directory", path=path, field="--record")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._w = Writer(target, version=8, storage_plugin=StoragePlugin.MCAP)
+        self._w.open()
+        self._ts = typestore
+        self._conns: dict[str, object] = {}
+
+    def write(self, topic: str, msgtype: str, log_ns: int, payload: bytes, qos: list | tuple = ()) -> None:
+        """``qos``: the publishers' announced QoS (zenoh_keys.RosQos), for offered_qos_profiles."""
+        conn = self._conns.get(topic)
+        if conn is None:
+            conn = self._conns[topic] = self._w.add_connection(topic, msgtype, typestore=self._ts,
+                                                               offered_qos_profiles=[rosbags_qos(q) for q in qos])
+        self._w.write(conn, int(log_ns), payload)
+
+    def close(self) -> None:
+        self._w.close()
+
+
+def rosbags_qos(q):
+    """A zenoh_keys.RosQos as rosbags' Qos (the enum values are rmw/types.h's in both)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    def dur(d):
+        return QosTime(9223372036, 854775807) if d is None else QosTime(int(d[0]), int(d[1]))
+
+    return Qos(QosHistory(q.history), int(q.depth), QosReliability(q.reliability), QosDurability(q.durability),
+               dur(q.deadline), dur(q.lifespan), QosLiveliness(q.liveliness), dur(q.liveliness_lease), False)
+
+
+def make_recorder(path: str, typestore):
+    """``path``.mcap: one bare MCAP file; anything else: a rosbag2 directory."""
+    return McapSink(path, typestore) if str(path).endswith(".mcap") else Rosbag2Sink(path, typestore)
+
+
+class GraphView:
+    """The domain's ROS graph from rmw_zenoh liveliness tokens: nodes and message publishers."""
+
+    def __init__(self) -> None:
+        self.alive: dict[str, object] = {}        # key expression -> GraphEntity
+        self.seen: dict[str, object] = {}
+
+    def update(self, sign: str, key: str) -> str | None:
+        """Apply one token event; a line for people (nodes and publishers), or None."""
+        from pipeline.zenoh_keys import parse_liveliness_token
+
+        try:
+            ent = parse_liveliness_token(key)
+        except Exception as exc:                   # another rmw_zenoh version's layout
+            log.debug("ignored liveliness token %s: %s", key, exc)
+            return None
+        if sign == "+":
+            self.alive[key] = self.seen[key] = ent
+        else:
+            self.alive.pop(key, None)
+        if ent.kind == "NN":
+            return f"{sign} node {ent.node}"
+        if ent.kind == "MP":
+            return f"{sign} publisher {ent.topic} [{ent.msgtype}] {ent.qos.describe()} (node {ent.node})"
+        return None
+
+    def publisher_qos(self, topic: str) -> list:
+        """The QoS of the live publishers of ``topic`` (one per distinct QoS)."""
+        out = []
+        for e in self.alive.values():
+            if e.kind == "MP" and e.topic == topic and e.qos not in out:
+                out.append(e.qos)
+        return out
+
+    def to_json(self) -> dict:
+        nodes = sorted({e.node for e in self.seen.values()})
+        pubs = [{"topic": e.topic, "msgtype": e.msgtype, "type_hash": e.type_hash, "qos": e.qos.describe(),
+                 "node": e.node, "zid": e.zid, "entity_id": e.entity_id, "alive": k in self.alive, "token": k}
+                for k, e in sorted(self.seen.items()) if e.kind == "MP"]
+        return {"nodes": nodes, "publishers": pubs}
+
+
 def listen(args: argparse.Namespace) -> int:
     import json
     import queue
@@ -83,6 +182,7 @@ def listen(args: argparse.Namespace) -> int:
     from pipeline.errors import ConfigError
     from pipeline.planner_api import SampleDecoder
     from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import liveliness_selector
 
     for ep in args.connect + args.listen:
         if "/" not in ep:
@@ -101,8 +201,25 @@ def listen(args: argparse.Namespace) -> int:
         inbox.put((str(sample.key_expr), sample.payload.to_bytes(), None if att is None else att.to_bytes(),
                    time.time_ns()))
 
-    sub = session.declare_subscriber(f"{args.domain_id}/segfuse/**", on_sample)
-    sink = McapSink(args.record, decoder.ts) if args.record else None
+    tokens: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_token(sample) -> None:                  # zenoh's thread: the graph is kept on ours
+        tokens.put(("+" if sample.kind == zenoh.SampleKind.PUT else "-", str(sample.key_expr)))
+
+    graph = GraphView()
+    sub = lv_sub = sink = None
+    try:
+        sink = make_recorder(args.record, decoder.ts) if args.record else None
+        lv_sub = session.liveliness().declare_subscriber(liveliness_selector(args.domain_id), on_token, history=True)
+        sub = session.declare_subscriber(f"{args.domain_id}/segfuse/**", on_sample)
+    except BaseException:
+        for h in (lv_sub, sub):
+            if h is not None:
+                h.undeclare()
+        if sink is not None:
+            sink.close()
+        session.close()
+        raise
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     stats: dict[str, dict] = {}
@@ -122,6 +239,11 @@ def listen(args: argparse.Namespace) -> int:
                 break
             if args.count and total >= args.count:
                 break
+            while not tokens.empty():
+                line = graph.update(*tokens.get_nowait())
+                if line is not None and not args.quiet:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
             if not args.quiet and now - last_table >= 1.0:
                 sys.stdout.write(_table(stats, now) + "\n")
                 sys.stdout.flush()
@@ -148,15 +270,22 @@ def listen(args: argparse.Namespace) -> int:
             s["sensor_lat_ms"] = (rx_ns - d.stamp_ns) / 1e6
             s["put_lat_ms"] = (rx_ns - d.source_timestamp_ns) / 1e6
             s["attachments"].append([d.sequence_number, d.source_timestamp_ns, att[17:33].hex()])
-            if sink is not None:
+            if isinstance(sink, Rosbag2Sink):
+                sink.write(d.topic, d.msgtype, rx_ns, payload, graph.publisher_qos(d.topic))
+            elif sink is not None:
                 sink.write(d.topic, d.msgtype, d.stamp_ns, payload)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         sub.undeclare()
+        lv_sub.undeclare()
         session.close()
         if sink is not None:
             sink.close()
+    while not tokens.empty():                      # what came in while closing
+        line = graph.update(*tokens.get_nowait())
+        if line is not None and not args.quiet:
+            sys.stdout.write(line + "\n")
     if not args.quiet:
         sys.stdout.write(_table(stats, time.monotonic()) + "\n")
     sys.stdout.write(f"segfuse listen: {total} samples, {len(malformed)} malformed"
@@ -165,7 +294,8 @@ def listen(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump({"total": total, "malformed": malformed,
                        "topics": {k: {kk: vv for kk, vv in v.items() if kk not in ("first", "last")}
-                                  for k, v in stats.items()}}, f, indent=1)
+                                  for k, v in stats.items()},
+                       "graph": graph.to_json()}, f, indent=1)
     return 0
 
 

@@ -12,6 +12,15 @@
   separators ``(', ', ': ')`` and the keys in that order. Built here from the rosbags typestore's
   field definitions, so our own .msg files get the hash ROS 2 would give them.
 
+- Liveliness tokens (rmw_zenoh_cpp/src/detail/liveliness_utils.cpp, ``Entity::Entity`` and
+  ``qos_to_keyexpr``; docs/design.md "Graph Cache"): how rmw_zenoh nodes discover each other.
+  ``@ros2_lv/<domain_id>/<session zid>/<node_id>/<entity_id>/<NN|MP|MS|SS|SC>/<mangled enclave>/
+  <mangled namespace>/<node name>`` and, for topic entities, ``/<mangled topic>/<DDS type name>/
+  <type hash>/<qos>``; mangling is '/' -> '%', so the root namespace and the default enclave are
+  ``%``; a node token repeats its node id as entity id. QoS: ``R:D:H,depth:dl_s,dl_ns:ls_s,ls_ns:
+  lv,lv_s,lv_ns`` with rmw/types.h enum values, each field left empty when it equals rmw_zenoh's
+  default (reliable, volatile, keep last, depth 42, infinite durations, automatic liveliness).
+
 Pure functions; hashlib/json/struct only.
 """
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.errors import InputDataError
@@ -75,6 +85,198 @@ def decode_attachment(data: bytes | None) -> tuple[int, int, bytes]:
     return seq, stamp, bytes(data[17:33])
 
 
+# --- liveliness tokens (ROS graph discovery) -----------------------------------------------
+
+LIVELINESS_PREFIX = "@ros2_lv"
+ENTITY_KINDS = {"NN": "node", "MP": "publisher", "MS": "subscription", "SS": "service server",
+                "SC": "service client"}
+# rmw/types.h enum values (rmw_qos_*_policy_e), as rmw_zenoh writes them into the QoS chunk
+RELIABILITY = {1: "reliable", 2: "best_effort"}
+DURABILITY = {1: "transient_local", 2: "volatile"}
+HISTORY = {1: "keep_last", 2: "keep_all"}
+LIVELINESS = {1: "automatic", 3: "manual_by_topic"}
+RELIABLE, BEST_EFFORT = 1, 2
+TRANSIENT_LOCAL, VOLATILE = 1, 2
+KEEP_LAST, KEEP_ALL = 1, 2
+AUTOMATIC = 1
+DEFAULT_DEPTH = 42            # rmw_zenoh's default depth (qos.cpp); a depth of 0 becomes it
+
+
+@dataclass(frozen=True)
+class RosQos:
+    """The QoS an rmw_zenoh entity announces. Durations are (sec, nsec); None = rmw_zenoh's
+    default (infinite). Fields equal to the defaults are written as empty strings."""
+
+    reliability: int = RELIABLE
+    durability: int = VOLATILE
+    history: int = KEEP_LAST
+    depth: int = DEFAULT_DEPTH
+    deadline: tuple[int, int] | None = None
+    lifespan: tuple[int, int] | None = None
+    liveliness: int = AUTOMATIC
+    liveliness_lease: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        """``best_effort volatile keep_last 1``-style text for people."""
+        hist = HISTORY.get(self.history, str(self.history))
+        return " ".join([RELIABILITY.get(self.reliability, str(self.reliability)),
+                         DURABILITY.get(self.durability, str(self.durability)),
+                         hist + (f" {self.depth}" if self.history == KEEP_LAST else "")])
+
+
+# the QoS segfuse's publisher announces for each of its modes (pipeline.sinks.publisher): "latest"
+# puts with congestion control DROP and keeps nothing; "reliable" puts with BLOCK, which is what
+# rmw_zenoh does for a RELIABLE + KEEP_ALL publisher (rmw_publisher_data.cpp)
+PUBLISHER_QOS = {"latest": RosQos(reliability=BEST_EFFORT, history=KEEP_LAST, depth=1),
+                 "reliable": RosQos(reliability=RELIABLE, history=KEEP_ALL)}
+
+
+def _opt(value: int, default: int) -> str:
+    return "" if int(value) == int(default) else str(int(value))
+
+
+def _dur(d: tuple[int, int] | None) -> str:
+    return "," if d is None else f"{int(d[0])},{int(d[1])}"
+
+
+def qos_keyexpr(qos: RosQos) -> str:
+    """The QoS chunk of a liveliness token: ``R:D:H,depth:dl_s,dl_ns:ls_s,ls_ns:lv,lv_s,lv_ns``."""
+    return ":".join([_opt(qos.reliability, RELIABLE), _opt(qos.durability, VOLATILE),
+                     f"{_opt(qos.history, KEEP_LAST)},{_opt(qos.depth or DEFAULT_DEPTH, DEFAULT_DEPTH)}",
+                     _dur(qos.deadline), _dur(qos.lifespan),
+                     f"{_opt(qos.liveliness, AUTOMATIC)},{_dur(qos.liveliness_lease)}"])
+
+
+def parse_qos_keyexpr(text: str) -> RosQos:
+    """Inverse of :func:`qos_keyexpr` (empty fields: rmw_zenoh's defaults)."""
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 6:
+            raise ValueError("6 ':'-separated fields")
+        hist, dl, ls, lv = (p.split(",") for p in parts[2:])
+        if (len(hist), len(dl), len(ls), len(lv)) != (2, 2, 2, 3):
+            raise ValueError("history 2, deadline 2, lifespan 2, liveliness 3 ','-separated fields")
+
+        def num(s: str, default: int) -> int:
+            return default if s == "" else int(s)
+
+        def dur(sec: str, nsec: str) -> tuple[int, int] | None:
+            return None if sec == "" and nsec == "" else (num(sec, 0), num(nsec, 0))
+
+        return RosQos(reliability=num(parts[0], RELIABLE), durability=num(parts[1], VOLATILE),
+                      history=num(hist[0], KEEP_LAST), depth=num(hist[1], DEFAULT_DEPTH),
+                      deadline=dur(*dl), lifespan=dur(*ls), liveliness=num(lv[0], AUTOMATIC),
+                      liveliness_lease=dur(lv[1], lv[2]))
+    except ValueError as exc:
+        raise InputDataError(f"not an rmw_zenoh QoS chunk {text!r}: {exc}", field="qos") from None
+
+
+def mangle(name: str) -> str:
+    """rmw_zenoh's name mangling: every '/' becomes '%' (a token chunk holds no '/')."""
+    return str(name).replace("/", "%")
+
+
+def demangle(name: str) -> str:
+    return str(name).replace("%", "/")
+
+
+def _check_chunk(value: str, what: str) -> str:
+    if not value or any(c in value for c in "/*$?#"):
+        raise InputDataError(f"{what} {value!r} cannot be a key expression chunk", field=what)
+    return value
+
+
+def _check_ns(ns: str, what: str) -> str:
+    if not ns.startswith("/") or (ns != "/" and (ns.endswith("/") or "//" in ns)):
+        raise InputDataError(f"{what} must be '/' or an absolute name like /robot1, got {ns!r}", field=what)
+    return ns
+
+
+def node_token(domain_id: int, zid: str, node_id: int, node_name: str, *, namespace: str = "/",
+               enclave: str = "/") -> str:
+    """The liveliness key expression of a node (kind NN; its entity id is its node id)."""
+    return _token(domain_id, zid, node_id, node_id, "NN", node_name, namespace, enclave)
+
+
+def publisher_token(domain_id: int, zid: str, node_id: int, entity_id: int, node_name: str, topic: str,
+                    msgtype: str, type_hash: str, qos: RosQos, *, namespace: str = "/", enclave: str = "/",
+                    kind: str = "MP") -> str:
+    """The liveliness key expression of a message publisher (kind MP; MS for a subscription)."""
+    if kind not in ("MP", "MS"):
+        raise InputDataError(f"a topic entity is MP or MS, got {kind!r}", field="kind")
+    if not topic.startswith("/") or topic.endswith("/") or "//" in topic:
+        raise InputDataError(f"a fully qualified topic name like /segfuse/points, got {topic!r}", field="topic")
+    return "/".join([_token(domain_id, zid, node_id, entity_id, kind, node_name, namespace, enclave),
+                     mangle(topic), dds_type_name(msgtype), _check_chunk(type_hash, "type_hash"), qos_keyexpr(qos)])
+
+
+def _token(domain_id: int, zid: str, node_id: int, entity_id: int, kind: str, node_name: str, namespace: str,
+           enclave: str) -> str:
+    if int(domain_id) < 0 or int(node_id) < 0 or int(entity_id) < 0:
+        raise InputDataError("domain, node and entity ids are non-negative", field="id")
+    return "/".join([LIVELINESS_PREFIX, str(int(domain_id)), _check_chunk(str(zid), "zid"), str(int(node_id)),
+                     str(int(entity_id)), kind, mangle(_check_ns(enclave, "enclave")),
+                     mangle(_check_ns(namespace, "namespace")), _check_chunk(node_name, "node_name")])
+
+
+@dataclass(frozen=True)
+class GraphEntity:
+    """One rmw_zenoh liveliness token, split (names demangled, '/' first)."""
+
+    domain_id: int
+    zid: str
+    node_id: int
+    entity_id: int
+    kind: str                   # NN, MP, MS, SS, SC
+    enclave: str
+    namespace: str
+    node_name: str
+    topic: str | None = None    # the rest: topic entities only
+    type_name: str | None = None    # DDS name, e.g. sensor_msgs::msg::dds_::PointCloud2_
+    type_hash: str | None = None
+    qos: RosQos | None = None
+
+    @property
+    def node(self) -> str:
+        """The node's fully qualified name, e.g. ``/segfuse``."""
+        return self.namespace.rstrip("/") + "/" + self.node_name
+
+    @property
+    def msgtype(self) -> str | None:
+        """The ROS type name (``sensor_msgs/msg/PointCloud2``), from the DDS name."""
+        if self.type_name is None:
+            return None
+        parts = self.type_name.split("::")
+        if len(parts) == 4 and parts[2] == "dds_" and parts[3].endswith("_"):
+            return f"{parts[0]}/{parts[1]}/{parts[3][:-1]}"
+        return self.type_name
+
+
+def parse_liveliness_token(key: str) -> GraphEntity:
+    """Split an ``@ros2_lv/...`` key expression back into its fields (raises InputDataError)."""
+    parts = str(key).split("/")
+    bad = InputDataError(f"not an rmw_zenoh liveliness token: {key!r}", field="key_expr")
+    if len(parts) < 9 or parts[0] != LIVELINESS_PREFIX or parts[5] not in ENTITY_KINDS or not all(parts):
+        raise bad
+    if not (parts[1].isdigit() and parts[3].isdigit() and parts[4].isdigit()):
+        raise bad
+    kind = parts[5]
+    if len(parts) != (9 if kind == "NN" else 13):
+        raise bad
+    ent = GraphEntity(int(parts[1]), parts[2], int(parts[3]), int(parts[4]), kind, demangle(parts[6]),
+                      demangle(parts[7]), demangle(parts[8]))
+    if kind == "NN":
+        return ent
+    return replace(ent, topic=demangle(parts[9]), type_name=demangle(parts[10]), type_hash=demangle(parts[11]),
+                   qos=parse_qos_keyexpr(parts[12]))
+
+
+def liveliness_selector(domain_id: int | None = None) -> str:
+    """What to subscribe to / query for every token (of one domain). ``@ros2_lv`` is a hermetic
+    chunk: a plain ``**`` never matches it."""
+    return f"{LIVELINESS_PREFIX}/**" if domain_id is None else f"{LIVELINESS_PREFIX}/{int(domain_id)}/**"
+
+
 # --- RIHS01 -------------------------------------------------------------------------------
 
 def _field_type(desc: tuple) -> dict[str, Any]:
@@ -127,3 +329,12 @@ def type_hash(typestore: Any, msgtype: str) -> str:
     text = json.dumps(type_description(typestore, msgtype), ensure_ascii=True, allow_nan=False, indent=None,
                       separators=(", ", ": "), sort_keys=False)
     return "RIHS01_" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def gid_of(keyexpr: str) -> bytes:
+    """rmw_zenoh's 16-byte GID of an entity: XXH3-128 of its liveliness key expression (the
+    ``xxhash`` library), the low 64 bits then the high 64 bits, little-endian."""
+    import xxhash
+
+    h = xxhash.xxh3_128_intdigest(keyexpr.encode("utf-8"))
+    return (h & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little") + (h >> 64).to_bytes(8, "little")

@@ -17,11 +17,17 @@ QoS: ``latest`` (default) puts with congestion control DROP, so a slow or vanish
 never stalls the pipeline thread; ``reliable`` puts with BLOCK (for recorders: nothing is lost,
 and a slow recorder slows the pipeline). ``shared_memory: true`` enables Zenoh's shared-memory
 transport and puts payloads from a shared-memory pool (same-machine subscribers read in place).
+
+ROS graph: like an rmw_zenoh node, the sink declares Zenoh liveliness tokens (pipeline.zenoh_keys,
+docs/publishing.md): one NN token for the node ``/segfuse`` (node id 0) and one MP token per
+topic publisher (entity ids 1..N in the table's order) announcing topic, type, type hash and QoS
+(``latest``: best effort, keep last 1; ``reliable``: reliable, keep all), so ``ros2 node list`` /
+``ros2 topic list`` on rmw_zenoh show them; ``close()`` undeclares them. Each publisher's GID
+(in every attachment) is rmw_zenoh's GID of its token: XXH3-128 of the key expression.
 """
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +49,8 @@ T_LANES = "segfuse_msgs/msg/LaneLineArray"
 T_STATUS = "segfuse_msgs/msg/FrameStatus"
 MODES = ("peer", "client", "router")
 QOS = ("latest", "reliable")
+NODE_NAME = "segfuse"          # the ROS node the tokens announce: /segfuse
+NODE_NAMESPACE = "/"
 
 
 @dataclass
@@ -135,7 +143,7 @@ class ZenohPublisher(RosMessages):
         import zenoh
 
         from pipeline.msgs import make_typestore
-        from pipeline.zenoh_keys import topic_key, type_hash
+        from pipeline.zenoh_keys import PUBLISHER_QOS, gid_of, node_token, publisher_token, topic_key, type_hash
 
         self.cfg = cfg
         self.taxonomy = taxonomy
@@ -159,13 +167,25 @@ class ZenohPublisher(RosMessages):
         self._pubs: dict[str, Any] = {}
         self._gids: dict[str, bytes] = {}
         self._seq: dict[str, int] = {}
-        for topic, msgtype in self.topics.items():
-            key = topic_key(cfg.domain_id, topic, msgtype, type_hash(self._ts, msgtype))
+        # liveliness tokens: the node (id 0) first, then one per publisher (entity ids 1..N, unique
+        # in this session, as rmw_zenoh numbers a context's entities)
+        self.zid = str(self.session.zid())
+        self.node_token = node_token(cfg.domain_id, self.zid, 0, NODE_NAME, namespace=NODE_NAMESPACE)
+        self.tokens: dict[str, str] = {}
+        self._lv: list[Any] = []
+        self._declare_token(self.node_token)
+        for entity_id, (topic, msgtype) in enumerate(self.topics.items(), start=1):
+            thash = type_hash(self._ts, msgtype)
+            key = topic_key(cfg.domain_id, topic, msgtype, thash)
             self.keys[topic] = key
             self._pubs[topic] = self.session.declare_publisher(key, congestion_control=cc,
                                                                reliability=zenoh.Reliability.RELIABLE)
-            self._gids[topic] = os.urandom(16)
+            self.tokens[topic] = publisher_token(cfg.domain_id, self.zid, 0, entity_id, NODE_NAME, topic, msgtype,
+                                                 thash, PUBLISHER_QOS[cfg.qos], namespace=NODE_NAMESPACE)
+            # the GID in every attachment is the one rmw_zenoh gives this entity: XXH3-128 of its token
+            self._gids[topic] = gid_of(self.tokens[topic])
             self._seq[topic] = 0
+            self._declare_token(self.tokens[topic])
         self._shm = None
         if cfg.shared_memory:
             try:
@@ -185,6 +205,12 @@ class ZenohPublisher(RosMessages):
             self.wait_for_subscribers(cfg.wait_subscribers_s)
         log.info("publishing on Zenoh (%s, qos %s%s): %s", cfg.mode, cfg.qos, ", shared memory" if self._shm else "",
                  ", ".join(sorted(self.keys.values())))
+
+    def _declare_token(self, key: str) -> None:
+        try:
+            self._lv.append(self.session.liveliness().declare_token(key))
+        except Exception as exc:          # data still flows; only the ROS graph misses the entity
+            log.warning("cannot declare the liveliness token %s: %s", key, exc)
 
     def wait_for_subscribers(self, timeout_s: float) -> bool:
         """Wait (bounded) until every topic has a matching subscriber; True when they all do."""
@@ -277,11 +303,13 @@ class ZenohPublisher(RosMessages):
             return
         self._state = "closed"
         with self._lock:
-            for pub in self._pubs.values():
+            # leave the ROS graph first (publishers, then the node), as rmw_zenoh does on shutdown
+            for handle in [*reversed(self._lv), *self._pubs.values()]:
                 try:
-                    pub.undeclare()
+                    handle.undeclare()
                 except Exception as exc:
                     log.debug("undeclare: %s", exc)
+            self._lv.clear()
             self.session.close()
         log.info("published %d frames (%d samples, %.1f MB, %d errors)", self.frames, self.samples, self.bytes / 1e6,
                  self.errors)
