@@ -36,7 +36,8 @@ def register(subparsers) -> None:
     q = sub.add_parser("quantize", help="INT8 PTQ to a Q/DQ ONNX (Model Optimizer), or FP16 AutoCast")
     q.add_argument("onnx", type=Path)
     q.add_argument("--precision", choices=["int8", "fp16"], default="int8")
-    q.add_argument("--calibration", type=Path, help="recorded drive or image folder to calibrate on")
+    q.add_argument("--calibration", type=Path, nargs="+",
+                   help="recorded drives or image folders to calibrate on (frames taken in order)")
     q.add_argument("--method", choices=["entropy", "max"], default="entropy")
     q.add_argument("--frames", type=int, default=500, help="calibration frames to use (default 500)")
     q.add_argument("--stride", type=int, default=1, help="take every Nth frame of the drive")
@@ -131,14 +132,19 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.calibration is None:
         raise ConfigError("INT8 needs --calibration: a recorded drive or a folder of camera images "
                           "(random data is refused)", field="--calibration")
+    import itertools
+
     from engines.frames import iter_frames
 
     out = args.out or args.onnx.with_suffix(".int8.onnx")
-    report = quantize_int8(args.onnx, out, iter_frames(args.calibration, stride=args.stride, limit=args.frames),
+    frames = itertools.chain.from_iterable(iter_frames(src, stride=args.stride) for src in args.calibration)
+    frames = itertools.islice(frames, args.frames)
+    source = args.calibration[0] if len(args.calibration) == 1 else ", ".join(str(p) for p in args.calibration)
+    report = quantize_int8(args.onnx, out, frames,
                            method=args.method, min_frames=args.min_frames, max_frames=args.frames,
                            keep_first_conv=not args.quantize_first_conv, keep_classifier=not args.quantize_classifier,
                            keep_mask_head=not args.quantize_mask_head, high_precision=args.high_precision,
-                           source=args.calibration)
+                           source=source)
     print("\n".join(report.lines()))
     return 0
 

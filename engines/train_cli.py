@@ -13,9 +13,9 @@ log = logging.getLogger(__name__)
 # Defaults of the committed models (docs/models.md gives the exact commands and timings).
 DEFAULTS = {
     "deeplab": dict(arch="deeplabv3plus_mobilenet_v3_small", batch=8, crop="256x512", lr=2e-3,
-                    scale="0.7,1.4", warmup=100),
+                    scale="0.7,1.4", warmup=100, class_balance="sqrt-median"),
     "maskrcnn": dict(arch="maskrcnn_mobilenet_v3_small_fpn", batch=2, crop="352x704", lr=1e-3,
-                     scale="0.8,1.25", warmup=200),
+                     scale="0.8,1.25", warmup=200, class_balance="none"),
 }
 # Static-shape detection settings of the exported default Mask R-CNN (few objects per frame).
 MASKRCNN_EXPORT = dict(num_detections=50, rpn_pre_nms_top_n=500, rpn_post_nms_top_n=300, box_candidates=300)
@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop", help="training crop HxW")
     p.add_argument("--scale", help="random scale range, e.g. 0.7,1.4")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--class-balance", choices=["none", "sqrt-median"],
+                   help="DeepLab loss weights per class (default sqrt-median: rare thin classes count more)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frame-stride", type=int, default=1, help="use every n-th frame of each drive")
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                       scale_range=_floats(args.scale or d["scale"], "scale"), lr=args.lr or d["lr"],
                       warmup_steps=d["warmup"], threads=args.threads, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, export_hw=parse_hw(args.export_size, field="export-size"),
-                      frame_stride=args.frame_stride)
+                      frame_stride=args.frame_stride, class_balance=args.class_balance or d["class_balance"])
     log.info("training %s on %d drives -> %s", cfg.arch, len(drives), args.out)
     samples = load_samples(cfg.drives, stride=cfg.frame_stride, progress=not args.no_progress)
     report = train(cfg, resume=args.resume, progress=not args.no_progress, samples=samples)

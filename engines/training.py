@@ -57,6 +57,7 @@ class TrainConfig:
     export_hw: tuple[int, int] = (384, 1248)   # ONNX input size (letterboxed KITTI-like frames)
     frame_stride: int = 1                      # use every n-th frame of each drive
     min_box_px: int = 10                       # Mask R-CNN targets: instances at least this tall and wide
+    class_balance: str = "none"                # DeepLab loss weights: none | sqrt-median (frequency balancing)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -189,6 +190,26 @@ def maskrcnn_targets(sem: np.ndarray, inst: np.ndarray, taxonomy: Taxonomy, labe
             "masks": np.asarray(masks, np.uint8).reshape(-1, h, w)}
 
 
+def class_weights(samples: Sequence[Sample], num_classes: int, mode: str) -> np.ndarray | None:
+    """Cross-entropy weights per class. ``sqrt-median``: the square root of median-frequency
+    balancing (Eigen & Fergus 2015), median pixel frequency / class frequency, clipped to
+    0.25..10: rare thin classes (lane paint, poles, pedestrians) count more, without the
+    false positives full inverse-frequency weights bring."""
+    if mode == "none":
+        return None
+    if mode != "sqrt-median":
+        raise ConfigError(f"class balance must be none or sqrt-median, got {mode!r}", field="class_balance")
+    counts = np.zeros(num_classes, np.float64)
+    for s in samples:
+        counts += np.bincount(s.semantic.reshape(-1), minlength=256)[:num_classes]
+    freq = counts / max(counts.sum(), 1.0)
+    present = freq > 0
+    median = np.median(freq[present]) if present.any() else 1.0
+    w = np.ones(num_classes)
+    w[present] = np.sqrt(median / freq[present])
+    return np.clip(w, 0.25, 10.0)
+
+
 # -- the loop --------------------------------------------------------------------------------
 
 def progress_of(step: int, seconds: float, cfg: TrainConfig) -> float:
@@ -265,6 +286,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         samples = load_samples(cfg.drives, stride=cfg.frame_stride, progress=progress)
     label_of = {taxonomy.id(name): label for label, name in spec.class_map.items()}   # taxonomy id -> model label
     ignore = taxonomy.ignore_id
+    weights = None
+    if cfg.kind == "deeplab":
+        w = class_weights(samples, spec.num_classes, cfg.class_balance)
+        if w is not None:
+            weights = torch.from_numpy(w.astype(np.float32))
+            log.info("class weights: %s", ", ".join(f"{n} {v:.2f}" for n, v in zip(taxonomy.names, w)))
 
     log_path = out / "loss_log.csv"
     new_log = not (resume and log_path.is_file())
@@ -300,7 +327,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 if cfg.kind == "deeplab":
                     target = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
                     logits = model(normalise(x))["out"]
-                    loss = torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore)
+                    loss = torch.nn.functional.cross_entropy(logits, target, weight=weights, ignore_index=ignore)
                     losses = {"loss": loss}
                 else:
                     targets = []

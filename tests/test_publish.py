@@ -124,6 +124,7 @@ def run_config(tmp: Path, drive: Path, publisher: dict) -> Path:
 
     demo = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
     demo["input"]["uri"] = str(drive)
+    demo["masks"] = "ground_truth"            # publishing mechanics on the oracle masks (small drive)
     demo["sinks"]["overlay"]["enabled"] = False
     demo["sinks"]["publisher"] = publisher
     demo["out"] = str(tmp / "out")

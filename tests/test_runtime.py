@@ -33,6 +33,9 @@ def write_config(path: Path, drive: Path, out: Path, **changes) -> Path:
     cfg["input"]["uri"] = str(drive)
     cfg["out"] = str(out)
     cfg["run"]["progress"] = False
+    # runtime mechanics with the drive's ground-truth masks (the oracle: fast on small drives);
+    # the default models through the same runtime: tests/test_default_models.py
+    cfg["masks"] = "ground_truth"
     cfg["sinks"]["overlay"]["enabled"] = False
     for key, value in changes.items():
         section, _, name = key.partition("__")

@@ -120,7 +120,7 @@ def test_shipped_configs_load():
         cfg = load_run_config(REPO / "configs" / name)
         assert cfg.out
     demo = load_run_config(REPO / "configs" / "demo.yaml")
-    assert demo.masks == "ground_truth" and demo.engines.deeplab.model.name.endswith(".onnx")
+    assert demo.masks == "engines" and demo.engines.deeplab.model.name.endswith(".onnx")
     jetson = load_run_config(REPO / "configs" / "jetson_trt.yaml")
     assert jetson.policy == "live" and jetson.engines.maskrcnn.backend == "tensorrt"
 

@@ -145,3 +145,17 @@ def test_train_checkpoint_resume_and_export(kind, small_drive, samples, tmp_path
         assert rep.agreement["pixel_agreement"] > 0.999
     else:
         assert rep.agreement["matched"] >= 0.99 or rep.frames == 0 or np.isnan(rep.agreement["matched"])
+
+
+def test_class_weights_favour_rare_classes(samples):
+    from engines.training import class_weights
+
+    assert class_weights(samples, TAX.num_classes, "none") is None
+    w = class_weights(samples, TAX.num_classes, "sqrt-median")
+    counts = np.bincount(np.concatenate([s.semantic.reshape(-1) for s in samples]), minlength=256)[:TAX.num_classes]
+    present = np.flatnonzero(counts)
+    rare, common = present[np.argmin(counts[present])], present[np.argmax(counts[present])]
+    assert w[rare] > 1.0 > w[common]
+    assert np.all((w >= 0.25) & (w <= 10.0))
+    with pytest.raises(Exception, match="class balance"):
+        class_weights(samples, TAX.num_classes, "inverse")
