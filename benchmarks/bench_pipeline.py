@@ -4,14 +4,13 @@ measured in the same run from the frames' FrameTraces.
 
 Two runs:
 1. ``masks: ground_truth`` (the demo's oracle masks): the runtime and fusion alone;
-2. ``masks: engines``: DeepLab and Mask R-CNN (MobileNetV3 variants, random weights exported with
-   engines' export code) on ONNX Runtime CPU, on two threads. Also reports the per-frame time
+2. ``masks: engines``: the committed default DeepLab and Mask R-CNN (models/, 384x1248) on ONNX
+   Runtime CPU, on two threads (the demo's configuration). Also reports the per-frame time
    spent outside the models: frame time (1 / throughput) minus the slowest model's time per
    frame, as a share of the frame time (target <= 10%), and the non-model work per frame.
 
 Stage times are the means of every stage's busy time per frame (the first WARMUP frames
-excluded); ``sync`` is waiting, not work, and is left out. The drive and the models are
-cached under out/bench/.
+excluded); ``sync`` is waiting, not work, and is left out. The drive is cached under out/bench/.
 """
 from __future__ import annotations
 
@@ -23,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 FRAMES = int(os.environ.get("SEGFUSE_BENCH_FRAMES", "24"))
-ENGINE_FRAMES = int(os.environ.get("SEGFUSE_BENCH_ENGINE_FRAMES", "12"))
+ENGINE_FRAMES = int(os.environ.get("SEGFUSE_BENCH_ENGINE_FRAMES", "24"))
 WARMUP = 2
 OUT = Path(os.environ.get("SEGFUSE_BENCH_OUT", "out/bench"))
-DEEPLAB = dict(arch="deeplabv3_mobilenet_v3_large", input_hw=(384, 1248))
-MASKRCNN = dict(arch="maskrcnn_mobilenet_v3_large_fpn", input_hw=(384, 1248), num_detections=32,
-                rpn_pre_nms_top_n=500, rpn_post_nms_top_n=300, box_candidates=500)
+REPO = Path(__file__).resolve().parents[1]
+MODELS = (REPO / "models" / "deeplabv3plus_mobilenet_v3_small.onnx",
+          REPO / "models" / "maskrcnn_mobilenet_v3_small_fpn.onnx")
 NOT_WORK = ("sync",)
 
 
@@ -42,25 +41,6 @@ def _drive() -> Path:
     return path
 
 
-def _model(settings: dict, seed: int) -> Path:
-    import hashlib
-    import json
-
-    from engines.export import export_onnx
-    from engines.frames import procedural_frames
-    from engines.models import default_spec, random_model
-
-    key = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode()).hexdigest()[:10]
-    path = OUT / "models" / f"{settings['arch']}-{key}.onnx"
-    if not path.is_file():
-        print(f"exporting a random-weight {settings['arch']} -> {path}", flush=True)
-        s = dict(settings)
-        spec = default_spec(s.pop("arch"), **s)
-        model = random_model(spec, seed=seed, frames=procedural_frames(3, (375, 1242), seed=seed))
-        export_onnx(spec, path, model=model, verify_frames=[])
-    return path
-
-
 def _run(drive: Path, out: Path, masks: str, models: tuple[Path, Path] | None, frames: int | None) -> dict:
     from pipeline.run_config import parse_run_config
     from pipeline.runner import build_run
@@ -71,7 +51,7 @@ def _run(drive: Path, out: Path, masks: str, models: tuple[Path, Path] | None, f
             "sinks": {"recorder": {"enabled": True}, "overlay": {"enabled": True}}, "out": str(out)}
     if models:
         data["engines"] = {"deeplab": {"model": str(models[0]), "threads": 1},
-                           "maskrcnn": {"model": str(models[1]), "threads": 1}, "score_threshold": 0.05}
+                           "maskrcnn": {"model": str(models[1]), "threads": 1}}
     run = build_run(parse_run_config(data, "<bench>"))
     for warm in run.warm:
         warm()
@@ -118,11 +98,9 @@ def main() -> None:
     _report("pipeline, ground-truth masks (oracle)", gt)
     print(f"  ({time.perf_counter() - t0:.1f} s)")
 
-    models = (_model(DEEPLAB, 1), _model(MASKRCNN, 2))
     t0 = time.perf_counter()
-    en = _run(drive, OUT / "run_engines", "engines", models, ENGINE_FRAMES)
-    _report(f"pipeline, DeepLab + Mask R-CNN on ONNX Runtime CPU (inputs {DEEPLAB['input_hw'][0]}x"
-            f"{DEEPLAB['input_hw'][1]}, random weights)", en)
+    en = _run(drive, OUT / "run_engines", "engines", MODELS, ENGINE_FRAMES)
+    _report("pipeline, default DeepLab + Mask R-CNN (models/) on ONNX Runtime CPU, inputs 384x1248", en)
     frame_s = 1.0 / en["fps"]
     model_s = max(v for k, v in en["stages"].items() if k.startswith("infer."))
     other = sum(v for k, v in en["stages"].items() if not k.startswith("infer."))

@@ -7,9 +7,9 @@ ground truth (``segfuse eval``), and writes to the output folder: the fused reco
 (rosbag2/MCAP, opens in Foxglove), the overlay video, ``summary.json``, ``eval.json`` and a
 short ``latency.txt``.
 
-Masks: until the trained default models are committed, configs/demo.yaml fuses the drive's
-ground-truth masks (an oracle), and every summary says so. The runtime, fusion, ego-motion
-compensation, objects and lanes are the real code paths.
+Masks: the committed default models (``models/``, trained by ``segfuse train`` on synthetic
+drives whose seeds do not include the demo's) on ONNX Runtime, CPU. ``masks: ground_truth``
+in a config swaps in the drive's ground-truth masks (an oracle, labelled so everywhere).
 """
 from __future__ import annotations
 
