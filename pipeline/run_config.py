@@ -24,7 +24,7 @@ TOPIC_KEYS = ("image", "camera_info", "points", "tf", "semantic", "instance")
 class InputConfig:
     uri: str | None = None                  # drive folder, bag, video, image folder, v4l2://, csi://, rtsp://
     calibration: str | None = None          # rig file (calibration.io.load_rig); None: from the drive / bag
-    lidar: str | None = None                # live LiDAR URI (zenoh://...): not implemented yet
+    lidar: str | None = None                # live LiDAR URI (zenoh://KEY_EXPR?connect=...), with a camera-only uri
     topics: dict[str, str] = field(default_factory=dict)   # bag topic mapping (TOPIC_KEYS)
     camera_id: str | None = None            # rig camera a camera-only source feeds (None: the rig's only one)
     fps: float | None = None                # image folders: frame rate of the synthetic stamps (default 10)

@@ -247,12 +247,21 @@ def test_video_file_source_gives_stamped_frames(tmp_path):
     assert items[0].frame.image.shape == (16, 32, 3)
 
 
-def test_live_lidar_over_zenoh_is_refused_with_a_clear_message(tmp_path):
+def test_live_lidar_over_zenoh_opens_next_to_a_camera_and_needs_calibration(tmp_path):
+    from pipeline.errors import CalibrationError
     from pipeline.run_config import InputConfig
     from pipeline.sources import open_sources
+    from pipeline.sources.zenoh_lidar import ZenohLidarSource
 
     folder = _image_folder(tmp_path / "imgs", 2)
-    with pytest.raises(ConfigError, match="Zenoh is not implemented yet"):
-        open_sources(InputConfig(uri=str(folder), lidar="zenoh://lidar/points"))
+    lidar = "zenoh://0/lidar/points?listen=tcp/127.0.0.1:0"
+    with pytest.raises(CalibrationError, match="needs calibration"):
+        open_sources(InputConfig(uri=str(folder), lidar=lidar))
+    opened = open_sources(InputConfig(uri=str(folder), camera_id="camera_front", lidar=lidar,
+                                      calibration=str(REPO / "calibration" / "examples" / "rig_example.yaml")))
+    try:
+        assert isinstance(opened.sources[1], ZenohLidarSource) and opened.lidar_id == "lidar_top"
+    finally:
+        opened.close()
     with pytest.raises(ConfigError, match="input.lidar"):
         open_sources(InputConfig(uri="zenoh://lidar/points"))

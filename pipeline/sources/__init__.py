@@ -36,7 +36,8 @@ class OpenedSources:
 def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False) -> OpenedSources:
     """Open what ``inp`` (a run_config.InputConfig) names. Refuses at start, with an error naming
     the file and field: a missing input, an unknown URI, bad calibration, a camera that is
-    not in the rig, a LiDAR over a transport not built yet."""
+    not in the rig, a Zenoh LiDAR whose session cannot open. Whatever was opened is closed
+    again when the start is refused."""
     if not inp.uri:
         raise ConfigError("no input: set input.uri in the config or pass --input", path=config_path,
                           field="input.uri")
@@ -68,28 +69,33 @@ def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False
     sources = [src]
     camera_id = src.camera_id
     lidar_id = src.lidar_id if src.info.has_lidar else None
-    if inp.lidar:
-        if src.info.has_lidar:
-            raise ConfigError(f"the input ({uri.kind}) already holds LiDAR sweeps; input.lidar is for camera-only "
-                              "inputs", path=config_path, field="input.lidar")
-        lidar_uri = parse_uri(inp.lidar, field_name="input.lidar")
-        if lidar_uri.kind != "zenoh":
-            raise ConfigError(f"live LiDAR is a zenoh:// URI, got a {lidar_uri.kind} input", path=config_path,
-                              field="input.lidar")
-        from pipeline.sources.zenoh_lidar import ZenohLidarSource
+    try:
+        if inp.lidar:
+            if src.info.has_lidar:
+                raise ConfigError(f"the input ({uri.kind}) already holds LiDAR sweeps; input.lidar is for camera-only "
+                                  "inputs", path=config_path, field="input.lidar")
+            lidar_uri = parse_uri(inp.lidar, field_name="input.lidar")
+            if lidar_uri.kind != "zenoh":
+                raise ConfigError(f"live LiDAR is a zenoh:// URI, got a {lidar_uri.kind} input", path=config_path,
+                                  field="input.lidar")
+            from pipeline.sources.zenoh_lidar import ZenohLidarSource
 
-        lidar = ZenohLidarSource(lidar_uri, rig=rig)        # refuses: not implemented yet
-        sources.append(lidar)
-        lidar_id = lidar.lidar_id
-    rig = src.rig if src.rig is not None else rig
-    if lidar_id is not None and rig is None:
-        raise CalibrationError("fusing LiDAR needs calibration: set input.calibration to a rig file",
-                               path=config_path, field="input.calibration")
-    if rig is not None:
-        if camera_id not in rig.camera_names:
-            raise CalibrationError(f"camera {camera_id!r} of the input is not in the rig (cameras: "
-                                   f"{rig.camera_names})", path=rig.source, field="cameras")
-        if lidar_id is not None and lidar_id not in rig.lidar_names and len(rig.lidars) != 1:
-            raise CalibrationError(f"LiDAR {lidar_id!r} of the input is not in the rig (lidars: {rig.lidar_names})",
-                                   path=rig.source, field="lidars")
+            lidar = ZenohLidarSource(lidar_uri, rig=rig)        # opens a Zenoh session and subscribes
+            sources.append(lidar)
+            lidar_id = lidar.lidar_id
+        rig = src.rig if src.rig is not None else rig
+        if lidar_id is not None and rig is None:
+            raise CalibrationError("fusing LiDAR needs calibration: set input.calibration to a rig file",
+                                   path=config_path, field="input.calibration")
+        if rig is not None:
+            if camera_id not in rig.camera_names:
+                raise CalibrationError(f"camera {camera_id!r} of the input is not in the rig (cameras: "
+                                       f"{rig.camera_names})", path=rig.source, field="cameras")
+            if lidar_id is not None and lidar_id not in rig.lidar_names and len(rig.lidars) != 1:
+                raise CalibrationError(f"LiDAR {lidar_id!r} of the input is not in the rig (lidars: {rig.lidar_names})",
+                                       path=rig.source, field="lidars")
+    except BaseException:
+        for opened in sources:          # nothing stays open when the start is refused
+            opened.close()
+        raise
     return OpenedSources(sources, rig, camera_id, lidar_id)

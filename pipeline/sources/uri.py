@@ -5,7 +5,7 @@ Live cameras:   ``v4l2:///dev/video0``, ``csi://0`` (Jetson, GStreamer nvargusca
 Recorded:       a plain path or ``file://PATH``: a rosbag2 folder, ``.mcap``, ``.db3``, a ROS 1
                 ``.bag``, a KITTI raw drive folder (also ``segfuse sim --format kitti-raw``),
                 a video file, or a folder of images
-Live LiDAR:     ``zenoh://KEY_EXPR`` (not implemented yet: the publishing issue brings Zenoh)
+Live LiDAR:     ``zenoh://KEY_EXPR`` (PointCloud2 CDR; ``?connect=tcp/HOST:PORT``, pipeline/sources/zenoh_lidar.py)
 
 Query parameters tune a source: ``csi://0?width=1920&height=1080&framerate=30&flip=0``,
 ``v4l2:///dev/video0?width=1280&height=720&framerate=30``, ``rtsp://...?latency=0``.
