@@ -75,6 +75,15 @@ def gt_instances(semantic: np.ndarray, instance: np.ndarray, taxonomy: Taxonomy)
     return out
 
 
+def _rle(mask: np.ndarray) -> dict:
+    """COCO run-length encoding of a boolean mask, JSON-ready."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 class MaskAPScorer:
     """COCO-style mask AP with pycocotools over many frames."""
 
@@ -87,8 +96,6 @@ class MaskAPScorer:
 
     def add(self, semantic: np.ndarray, instance: np.ndarray, det_classes: np.ndarray, det_scores: np.ndarray,
             det_masks: np.ndarray) -> None:
-        from pycocotools import mask as mask_util
-
         h, w = instance.shape
         image_id = len(self.images) + 1
         self.images.append({"id": image_id, "height": h, "width": w})
@@ -96,17 +103,13 @@ class MaskAPScorer:
             ys, xs = np.nonzero(m)
             x1, y1 = int(xs.min()), int(ys.min())
             bw, bh = int(xs.max()) + 1 - x1, int(ys.max()) + 1 - y1
-            rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
             self.gts.append({"id": len(self.gts) + 1, "image_id": image_id, "category_id": int(cls),
-                             "segmentation": rle, "area": float(m.sum()), "bbox": [x1, y1, bw, bh],
+                             "segmentation": _rle(m), "area": float(m.sum()), "bbox": [x1, y1, bw, bh],
                              "iscrowd": int(bh < self.min_h)})
         for cls, score, m in zip(det_classes, det_scores, det_masks):
             if not m.any():
                 continue
-            rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            self.dets.append({"image_id": image_id, "category_id": int(cls), "segmentation": rle,
+            self.dets.append({"image_id": image_id, "category_id": int(cls), "segmentation": _rle(m),
                               "score": float(score)})
 
     def result(self) -> dict[str, Any]:
@@ -178,15 +181,19 @@ def evaluate_models(drives: str | Path | Sequence[str | Path], *, deeplab: Any =
                     if f.semantic is None or f.instance is None:
                         raise InputDataError(f"frame {f.index} has no ground-truth masks", path=Path(drive_path),
                                              field="semantic")
+                    batches = {}                   # one preprocess per input size, shared by the models
+                    for e in engines.values():
+                        if e.input_hw not in batches:
+                            batches[e.input_hw] = preprocess_frames([f.camera], e.input_hw, mode=resize)
                     if "deeplab" in engines:
                         e = engines["deeplab"]
-                        batch = preprocess_frames([f.camera], e.input_hw, mode=resize)
+                        batch = batches[e.input_hw]
                         out = e.infer(batch.feed())
                         mask = semantic_from_output(out["class_ids"][0], batch.transforms[0], f.camera.camera_id)
                         sem.add(mask.class_ids, f.semantic)
                     if "maskrcnn" in engines:
                         e = engines["maskrcnn"]
-                        batch = preprocess_frames([f.camera], e.input_hw, mode=resize)
+                        batch = batches[e.input_hw]
                         out = e.infer(batch.feed())
                         inst = instances_from_output(out, batch.transforms[0], f.camera.camera_id,
                                                      score_threshold=AP_SCORE_THRESHOLD,

@@ -54,25 +54,22 @@ def find_drives(paths: list[str]) -> list[Path]:
     """Drive folders: each path is a drive, or a folder whose sub-folders are drives."""
     from pipeline.drive.io import detect_format
 
+    def is_drive(path: Path) -> bool:
+        try:
+            detect_format(path)
+            return True
+        except Exception:
+            return False
+
     out: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise ConfigError("drive not found", path=path, field="drives")
-        try:
-            detect_format(path)
+        if is_drive(path):
             out.append(path)
             continue
-        except Exception:
-            pass
-        subs = sorted(p for p in path.iterdir() if p.is_dir() and ".partial" not in p.name)
-        found = []
-        for sub in subs:
-            try:
-                detect_format(sub)
-                found.append(sub)
-            except Exception:
-                continue
+        found = [p for p in sorted(path.iterdir()) if p.is_dir() and ".partial" not in p.name and is_drive(p)]
         if not found:
             raise ConfigError("neither a drive nor a folder of drives", path=path, field="drives")
         out.extend(found)

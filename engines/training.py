@@ -33,10 +33,6 @@ from pipeline.errors import ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-
-
 @dataclass
 class TrainConfig:
     kind: str                                  # deeplab | maskrcnn
@@ -160,29 +156,30 @@ def to_tensor_rgb01(images: Sequence[np.ndarray]):
 
 
 def normalise(x):
+    """RGB 0..1 -> the ImageNet normalisation the exported graphs apply (engines.graphs)."""
     import torch
 
-    mean = torch.from_numpy(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.from_numpy(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    from engines.graphs import IMAGENET_MEAN, IMAGENET_STD
+
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def maskrcnn_targets(sem: np.ndarray, inst: np.ndarray, taxonomy: Taxonomy, label_of: dict[int, int],
                      min_box_px: int) -> dict[str, np.ndarray]:
-    """One target per visible instance of a thing class: tight box of its mask, model label, mask."""
-    ids = np.unique(inst)
+    """One target per visible instance of a thing class (engines.evaluation.gt_instances, the
+    same instances the evaluation scores): tight box of its mask, model label, mask."""
+    from engines.evaluation import gt_instances
+
     boxes, labels, masks = [], [], []
-    for iid in ids[ids > 0]:
-        m = inst == iid
-        cls = np.bincount(sem[m], minlength=256).argmax()
-        if int(cls) not in label_of:
+    for cls, m in gt_instances(sem, inst, taxonomy):
+        if cls not in label_of:
             continue
         ys, xs = np.nonzero(m)
         x1, y1, x2, y2 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         if (x2 - x1) < min_box_px or (y2 - y1) < min_box_px:
             continue
         boxes.append([x1, y1, x2, y2])
-        labels.append(label_of[int(cls)])
+        labels.append(label_of[cls])
         masks.append(m)
     h, w = inst.shape
     return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
@@ -286,11 +283,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         samples = load_samples(cfg.drives, stride=cfg.frame_stride, progress=progress)
     label_of = {taxonomy.id(name): label for label, name in spec.class_map.items()}   # taxonomy id -> model label
     ignore = taxonomy.ignore_id
-    weights = None
+    ce_weights = None
     if cfg.kind == "deeplab":
         w = class_weights(samples, spec.num_classes, cfg.class_balance)
         if w is not None:
-            weights = torch.from_numpy(w.astype(np.float32))
+            ce_weights = torch.from_numpy(w.astype(np.float32))
             log.info("class weights: %s", ", ".join(f"{n} {v:.2f}" for n, v in zip(taxonomy.names, w)))
 
     log_path = out / "loss_log.csv"
@@ -327,7 +324,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 if cfg.kind == "deeplab":
                     target = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
                     logits = model(normalise(x))["out"]
-                    loss = torch.nn.functional.cross_entropy(logits, target, weight=weights, ignore_index=ignore)
+                    loss = torch.nn.functional.cross_entropy(logits, target, weight=ce_weights, ignore_index=ignore)
                     losses = {"loss": loss}
                 else:
                     targets = []

@@ -252,18 +252,24 @@ class BagSource(Source):
         return image
 
     def _cloud(self, msg: Any, conn: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        from pipeline.drive.rosbag import points_from_cloud
-
-        pts, t_off = points_from_cloud(msg, self.path, conn.topic)
-        finite = np.isfinite(pts[:, :3]).all(axis=1)
-        if not finite.all():                         # drivers emit NaN for missing returns
-            pts = pts[finite]
-            t_off = None if t_off is None else t_off[finite]
-        pts[:, 3] = np.nan_to_num(pts[:, 3])
-        return np.ascontiguousarray(pts), t_off
+        return cloud_points(msg, self.path, conn.topic)
 
     def close(self) -> None:
         self._reader.close()
+
+
+def cloud_points(msg: Any, path: Any, field: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A PointCloud2 message -> ((N, 4) x, y, z, intensity, per-point time offsets or None), the
+    points without a return dropped (drivers emit NaN for them). Shared by every cloud source."""
+    from pipeline.drive.rosbag import points_from_cloud
+
+    pts, t_off = points_from_cloud(msg, path, field)
+    finite = np.isfinite(pts[:, :3]).all(axis=1)
+    if not finite.all():
+        pts = pts[finite]
+        t_off = None if t_off is None else t_off[finite]
+    pts[:, 3] = np.nan_to_num(pts[:, 3])
+    return np.ascontiguousarray(pts), t_off
 
 
 def _matrix(transform: Any) -> np.ndarray:

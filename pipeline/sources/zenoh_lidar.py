@@ -25,8 +25,6 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.sources.base import LidarInput, Source, SourceInfo, SourceItem
 from pipeline.sources.uri import SourceURI
@@ -127,8 +125,7 @@ class ZenohLidarSource(Source):
             yield LidarInput(sweep, self._seq - 1, received_ns=received)
 
     def _decode(self, key: str, payload: bytes) -> LidarSweep:
-        from pipeline.drive.rosbag import points_from_cloud
-        from pipeline.sources.bag import _stamp_ns
+        from pipeline.sources.bag import _stamp_ns, cloud_points
         from pipeline.zenoh_keys import parse_topic_key
 
         try:
@@ -142,17 +139,12 @@ class ZenohLidarSource(Source):
         except Exception as exc:       # truncated / garbled CDR: rosbags has no common error base
             raise InputDataError(f"cannot decode {POINT_CLOUD2}: {exc}", field=key) from exc
         try:
-            pts, t_off = points_from_cloud(msg, self.info.uri, key)
+            pts, t_off = cloud_points(msg, self.info.uri, key)
         except InputDataError:
             raise
         except Exception as exc:       # a cloud whose fields and data do not fit together
             raise InputDataError(f"unreadable PointCloud2: {exc}", field=key) from exc
-        finite = np.isfinite(pts[:, :3]).all(axis=1)
-        if not finite.all():           # drivers emit NaN for missing returns (as the bag source drops them)
-            pts = pts[finite]
-            t_off = None if t_off is None else t_off[finite]
-        pts[:, 3] = np.nan_to_num(pts[:, 3])
-        return LidarSweep(self.lidar_id, _stamp_ns(msg.header), np.ascontiguousarray(pts), t_off)
+        return LidarSweep(self.lidar_id, _stamp_ns(msg.header), pts, t_off)
 
     def stop(self) -> None:
         super().stop()
