@@ -93,8 +93,9 @@ class Simulator:
     """Renders frame i of the drive (seed, num_frames) on demand; same seed, same arrays."""
 
     def __init__(self, seed: int, num_frames: int, config: SimConfig | None = None,
-                 taxonomy: Taxonomy | None = None):
+                 taxonomy: Taxonomy | None = None, threads: int = 0):
         self.seed, self.num_frames = int(seed), int(num_frames)
+        self.threads = int(threads)          # Open3D ray-casting threads (0: all cores); never changes the arrays
         self.config = config or SimConfig()
         self.taxonomy = taxonomy or load_taxonomy()
         period_s = 1.0 / self.config.rate_hz
@@ -120,7 +121,8 @@ class Simulator:
         """Built on first use (the Open3D scene): a process that only records frames rendered
         elsewhere never pays for it."""
         if self._renderer is None:
-            self._renderer = Renderer(self.world, self.camera_spec, self.lidar_spec, self.lighting)
+            self._renderer = Renderer(self.world, self.camera_spec, self.lidar_spec, self.lighting,
+                                      threads=self.threads)
         return self._renderer
 
     # stamps

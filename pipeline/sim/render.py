@@ -142,10 +142,11 @@ class _ThingSubset:
 
 
 class Renderer:
-    def __init__(self, world: World, camera: CameraSpec, lidar: LidarSpec, lighting: Lighting):
+    def __init__(self, world: World, camera: CameraSpec, lidar: LidarSpec, lighting: Lighting, *, threads: int = 0):
         import open3d as o3d
 
         self._o3d = o3d
+        self.threads = threads           # Open3D ray-casting threads, 0: all cores
         self.world, self.camera, self.lidar, self.light = world, camera, lidar, lighting
         st = world.static
         self._static = o3d.t.geometry.RaycastingScene()
@@ -183,17 +184,17 @@ class Renderer:
         return scene
 
     def _cast(self, scene, rays: np.ndarray):
-        r = scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=0)
+        r = scene.cast_rays(self._o3d.core.Tensor(rays), nthreads=self.threads)
         return (r["t_hit"].numpy(), r["primitive_ids"].numpy(), r["primitive_uvs"].numpy(),
                 r["primitive_normals"].numpy())
 
-    def _cast_both(self, rays: np.ndarray, thing_scenes: list[tuple[object, slice | np.ndarray]],
-                   sub: _ThingSubset | None) -> _Hits:
-        """Nearest hit of each ray in the static world or in the things' scene that covers it."""
+    def _cast_both(self, rays: np.ndarray, thing_scenes: list[tuple[object, slice | np.ndarray, "_ThingSubset"]]) -> _Hits:
+        """Nearest hit of each ray in the static world or in the things' scene that covers it
+        (each scene built from its own subset of the things)."""
         t, prim, uv, nrm = self._cast(self._static, rays)
         dynamic = np.zeros(len(rays), bool)
         prim = prim.astype(np.int64)
-        for scene, sel in thing_scenes:
+        for scene, sel, sub in thing_scenes:
             if scene is None or (not isinstance(sel, slice) and len(sel) == 0):
                 continue
             t2, p2, uv2, n2 = self._cast(scene, rays[sel])
@@ -254,7 +255,7 @@ class Renderer:
         scene = self._thing_scene(sub, t_s)
         # Things can only be hit inside the image rectangles their boxes project to.
         thing_px = self._thing_pixels(sub, t_s, np.linalg.inv(T_world_from_cam)) if scene is not None else None
-        hits = self._cast_both(rays, [(scene, thing_px)], sub)
+        hits = self._cast_both(rays, [(scene, thing_px, sub)])
         hit = np.isfinite(hits.t)
         pts = o.astype(np.float32) + dirs_w * np.where(hit, hits.t, 0)[:, None]
         cls, inst, albedo, _ = self._labels(hits, pts)
@@ -317,9 +318,9 @@ class Renderer:
             srays = np.empty((len(li), 6), np.float32)
             srays[:, :3] = pts[li] + hits.normal[li] * np.float32(0.03)
             srays[:, 3:] = light.sun_dir_world.astype(np.float32)
-            occ = self._static.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
+            occ = self._static.test_occlusions(self._o3d.core.Tensor(srays), nthreads=self.threads).numpy()
             if thing_scene is not None:
-                occ |= thing_scene.test_occlusions(self._o3d.core.Tensor(srays), nthreads=0).numpy()
+                occ |= thing_scene.test_occlusions(self._o3d.core.Tensor(srays), nthreads=self.threads).numpy()
             lam[li[occ]] = 0
         tex = st.tri_tex[np.where(hits.dynamic | ~hit, 0, hits.prim)]
         tex[hits.dynamic] = 0
@@ -328,6 +329,41 @@ class Renderer:
                            sun=light.sun_dir_world, fog_m=light.fog_m, gain=light.exposure * 4095.0)
 
     # -- LiDAR ----------------------------------------------------------------------------
+    def _slices_seeing(self, idx: np.ndarray, t_s: float, T_world_from_lidar: np.ndarray,
+                       margin_m: float = 2.0, margin_rad: float = np.radians(3.0)) -> np.ndarray:
+        """(K, time_slices) bool: which LiDAR time slices' azimuth sectors can hit each of the
+        things ``idx``. Conservative: the things' footprints grown by ``margin_m`` (their own
+        motion and the ego's within a sweep) and their azimuth spans by ``margin_rad``; a thing
+        close to the sensor, or around it, is in every slice. Dropping a thing from a slice
+        that cannot see it leaves the hits unchanged and saves building it into that slice's BVH."""
+        lid = self.lidar
+        cols, n = lid.azimuth_steps, lid.time_slices
+        out = np.ones((len(idx), n), bool)
+        if not len(idx):
+            return out
+        agents = [self._things.agents[i] for i in idx]
+        R, t = self.world.agent_poses(agents, t_s)
+        half = np.array([a.size_m[:2] for a in agents]) / 2 + margin_m                   # (K, 2)
+        signs = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float64)
+        local = np.concatenate([signs[None] * half[:, None], np.zeros((len(idx), 4, 1))], -1)   # (K, 4, 3)
+        corners_w = np.einsum("kij,kcj->kci", R, local) + t[:, None, :]
+        T_lw = np.linalg.inv(T_world_from_lidar)
+        c_l = corners_w @ T_lw[:3, :3].T + T_lw[:3, 3]
+        centre = (t @ T_lw[:3, :3].T + T_lw[:3, 3])[:, :2]
+        az_c = np.arctan2(centre[:, 1], centre[:, 0])
+        rel = (np.arctan2(c_l[..., 1], c_l[..., 0]) - az_c[:, None] + np.pi) % (2 * np.pi) - np.pi
+        lo, hi = az_c + rel.min(1) - margin_rad, az_c + rel.max(1) + margin_rad
+        around = (np.linalg.norm(centre, axis=1) < np.linalg.norm(half, axis=1) + 1.0) | (hi - lo > np.pi)
+        per = cols // n
+        for k in np.flatnonzero(~around):
+            # column of azimuth a: (pi - a) / 2pi * cols (render_lidar's az = pi - 2 pi c / cols)
+            c_from = int(np.floor((np.pi - hi[k]) / (2 * np.pi) * cols))
+            c_to = int(np.ceil((np.pi - lo[k]) / (2 * np.pi) * cols))
+            c = np.arange(c_from, c_to + 1) % cols
+            out[k] = False
+            out[k, np.unique(np.minimum(c // per, n - 1))] = True
+        return out
+
     def render_lidar(self, sweep_start_s: float, rng: np.random.Generator) -> LidarRender:
         lid, world = self.lidar, self.world
         cols = lid.azimuth_steps
@@ -341,14 +377,20 @@ class Renderer:
         rays = np.concatenate([origins, dirs_w], 1).astype(np.float32)
         mid_s = sweep_start_s + lid.period_ns / 2e9
         ego_s = world.ego_s0_m + world.ego_speed_mps * mid_s
-        sub = self._things.subset(self._things.near(world, mid_s, ego_s, lid.max_range_m + 30))
+        near = self._things.near(world, mid_s, ego_s, lid.max_range_m + 30)
+        # each time slice's scene holds only the things its azimuth sector can see
+        in_slice = self._slices_seeing(near, mid_s, world.ego_pose(np.array([mid_s]))[0] @ lid.T_base_from_lidar)
         per = cols // lid.time_slices
         scenes = []
         for k in range(lid.time_slices):
+            idx = near[in_slice[:, k]]
+            if not len(idx):
+                continue
             c0, c1 = k * per, (cols if k == lid.time_slices - 1 else (k + 1) * per)
             t_mid = sweep_start_s + (c0 + c1) / 2 / cols * lid.period_ns / 1e9
-            scenes.append((self._thing_scene(sub, t_mid), slice(c0 * beams, c1 * beams)))
-        hits = self._cast_both(rays, scenes, sub)
+            sub = self._things.subset(idx)
+            scenes.append((self._thing_scene(sub, t_mid), slice(c0 * beams, c1 * beams), sub))
+        hits = self._cast_both(rays, scenes)
         rng_m = hits.t + rng.normal(0, lid.range_noise_m, len(hits.t)).astype(np.float32)
         pts_w = origins + dirs_w * np.where(np.isfinite(hits.t), hits.t, 0)[:, None]
         cls, inst, _, refl = self._labels(hits, pts_w)

@@ -113,7 +113,9 @@ _WORKER: dict = {}
 def _init_worker(seed: int, frames: int, config) -> None:
     from pipeline.sim.generate import Simulator
 
-    _WORKER["sim"] = Simulator(seed, frames, config)
+    # one ray-casting thread per worker: the workers already fill the cores, and Open3D's own
+    # threads on top of them only contend
+    _WORKER["sim"] = Simulator(seed, frames, config, threads=1)
 
 
 def _render_in_worker(index: int):
