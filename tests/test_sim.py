@@ -238,11 +238,13 @@ def test_kitti_raw_export_loads_with_the_calibration_loaders(tmp_path):
     assert proj.count > 5000 and agree.mean() > 0.9
 
 
-def test_workers_render_the_same_drive(tmp_path):
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_render_the_same_drive(tmp_path, start_method):
     from pipeline.drive.io import open_drive
     from pipeline.sim.simulate import simulate
 
-    simulate(tmp_path / "w2", frames=4, seed=8, scale=SMALL, progress=False, workers=2)
+    # forked workers inherit the parent's world; spawned ones rebuild it from the seed
+    simulate(tmp_path / "w2", frames=4, seed=8, scale=SMALL, progress=False, workers=2, start_method=start_method)
     ref = _direct(8, 4)
     with open_drive(tmp_path / "w2") as drive:
         for i, frame in enumerate(drive.frames()):
