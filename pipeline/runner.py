@@ -378,6 +378,7 @@ def make_summary(run: Run, seconds: float, recording: Path | None, video: Path |
         "failures": g.failures, "stopped_by": g.stopped_by, "input_errors": g.source_errors,
         "skipped_inputs": {"total": len(skipped), "by_kind": by_kind,
                            "first": [f"{s.what} {s.where}: {s.reason}" for s in skipped[:10]]},
+        "source_dropped": {src.info.name: src.dropped for src in run.opened.sources if src.dropped},
         "sync": sy.as_dict(),
         "seconds": seconds, "throughput_fps": fps,
         "latency_ms": _pct([v / 1e6 for v in g.latency_ns]),
@@ -397,7 +398,8 @@ def render_summary(s: dict[str, Any]) -> str:
              f"  frames       {f['in']} in, {f['done']} out, {f['dropped']} dropped (live), "
              f"{sum(f['failed'].values())} failed" + (f"  [stopped by {s['stopped_by']}]" if s["stopped_by"] else ""),
              f"  inputs       {sk['total']} skipped" + (f" ({', '.join(f'{k} {v}' for k, v in sk['by_kind'].items())})"
-                                                        if sk["total"] else ""),
+                                                        if sk["total"] else "")
+             + "".join(f"; {n} dropped by {name} (queue full)" for name, n in s["source_dropped"].items()),
              f"  sync         {sy['paired']} paired, {sy['camera_only']} camera-only (LiDAR missed {sy['lidar_missed']}), "
              f"{sy['sweeps_unused']} sweeps unused, max |dt| {sy['max_pair_dt_ns'] / 1e6:.1f} ms",
              f"  throughput   {s['throughput_fps']:.2f} frames/s ({s['seconds']:.1f} s)"]

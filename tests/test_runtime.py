@@ -207,8 +207,13 @@ def test_corrupt_image_truncated_cloud_and_unknown_type_are_skipped_counted_and_
     assert s["frames"]["done"] == FRAMES - 1                         # image 2 is gone
     assert s["sync"]["lidar_missed"] == 1 and s["sync"]["sweeps_unused"] == 1   # frame 4 went camera-only
     assert s["frames"]["fused_clouds"] == FRAMES - 2
+    assert s["source_dropped"] == {}                                 # a recorded drive drops nothing
     printed = capsys.readouterr().out
-    assert "3 skipped" in printed and "LiDAR missed 1" in printed
+    assert "3 skipped" in printed and "LiDAR missed 1" in printed and "dropped by" not in printed
+    from pipeline.runner import render_summary
+
+    shown = render_summary(dict(s, source_dropped={"zenoh://rslidar": 7}))   # as a live Zenoh LiDAR reports it
+    assert "3 skipped (message 1, image 1, cloud 1); 7 dropped by zenoh://rslidar (queue full)" in shown
     status = [json.loads(m.data) for m in read_messages(tmp_path / "out" / "recording", "/segfuse/frame_status")]
     assert [st["camera_seq"] for st in status if st["lidar_missing"]] == [4]
     assert [st["camera_seq"] for st in status] == [k for k in range(FRAMES) if k != 2]

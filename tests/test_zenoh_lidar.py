@@ -96,6 +96,40 @@ def test_zenoh_lidar_yields_clouds_and_skips_garbage():
     assert src.skipped[-1].where == key
 
 
+def test_zenoh_lidar_full_queue_keeps_the_newest_and_counts_drops():
+    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.sources.zenoh_lidar import ZenohLidarSource
+
+    ts = make_typestore()
+    ep = f"tcp/127.0.0.1:{free_port()}"
+    key = topic_key(0, "/points", T_CLOUD, type_hash(ts, T_CLOUD))
+    src = ZenohLidarSource(parse_uri(f"zenoh://0/points/**?listen={ep}&depth=1", field_name="input.lidar"))
+    pub_session = zenoh.open(zenoh_config(connect=[ep]))
+    try:
+        pub = pub_session.declare_publisher(key)
+        deadline = time.monotonic() + 10.0
+        while src.received == 0 and time.monotonic() < deadline:
+            pub.put(b"")
+            time.sleep(0.05)
+        assert src.received > 0, "the sessions did not connect"
+        time.sleep(0.3)                                      # the last warm-up sample waits in the queue
+        received, dropped = src.received, src.dropped
+        xyz = np.zeros((1, 3), np.float32)
+        for k in range(3):                                   # nobody reads: the queue holds one
+            pub.put(cloud_cdr(ts, 1_000 + k, xyz, np.array([0])))
+        deadline = time.monotonic() + 10.0
+        while src.received < received + 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        item = next(iter(src))
+        pub.undeclare()
+    finally:
+        src.stop()
+        src.close()
+        pub_session.close()
+    # the warm-up sample and the two older clouds were let go for the newest one
+    assert src.dropped - dropped == 3 and item.stamp_ns == 1_002
+
+
 def test_zenoh_lidar_refuses_a_bad_uri():
     from pipeline.errors import ConfigError
     from pipeline.sources.zenoh_lidar import ZenohLidarSource

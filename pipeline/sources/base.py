@@ -98,6 +98,7 @@ class Source:
         self._stop = threading.Event()
         self.skipped: list[Skipped] = []
         self._skip_counts: dict[str, int] = {}
+        self.dropped = 0           # inputs a live source let go for newer ones (its queue was full)
 
     def __iter__(self) -> Iterator[SourceItem]:
         for item in self._items():
