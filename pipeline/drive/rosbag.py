@@ -32,7 +32,6 @@ from pipeline.drive.common import (
     meta_from_json,
     meta_to_json,
     pose_window_ns,
-    quat_from_matrix,
     select_poses,
     taxonomy_names,
     transform,
@@ -40,6 +39,7 @@ from pipeline.drive.common import (
 from pipeline.drive.io import Drive
 from pipeline.drive.types import BASE_FRAME, WORLD_FRAME, DriveCalib, DriveFrame, DriveMeta
 from pipeline.errors import ConfigError, InputDataError, SegfuseError
+from pipeline.msgs import header, transform_stamped
 from pipeline.types import Box3D, CameraFrame, LaneBoundaryGT, LidarSweep
 
 log = logging.getLogger(__name__)
@@ -94,11 +94,6 @@ _FIELD_DTYPES = {INT8: "i1", UINT8: "u1", INT16: "i2", UINT16: "u2", INT32: "i4"
 
 LABELS_DTYPE = np.dtype({"names": ["class_id", "instance_id"], "formats": ["u1", "<u2"],
                          "offsets": [0, 2], "itemsize": 4})
-
-
-def _time(typestore: Any, stamp_ns: int) -> Any:
-    stamp_ns = int(stamp_ns)
-    return typestore.types["builtin_interfaces/msg/Time"](sec=stamp_ns // NS_PER_S, nanosec=stamp_ns % NS_PER_S)
 
 
 def _stamp_ns(t: Any) -> int:
@@ -185,16 +180,7 @@ class RosbagWriter:
         self._writer.write(self._conn(topic, msgtype, latched), int(stamp_ns), self._ts.serialize_cdr(msg, msgtype))
 
     def _header(self, stamp_ns: int, frame_id: str) -> Any:
-        return self._ts.types["std_msgs/msg/Header"](stamp=_time(self._ts, stamp_ns), frame_id=frame_id)
-
-    def _transform_stamped(self, stamp_ns: int, parent: str, child: str, t: np.ndarray, q: np.ndarray) -> Any:
-        T = self._ts.types
-        return T["geometry_msgs/msg/TransformStamped"](
-            header=self._header(stamp_ns, parent), child_frame_id=child,
-            transform=T["geometry_msgs/msg/Transform"](
-                translation=T["geometry_msgs/msg/Vector3"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                rotation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
-                                                           w=float(q[3]))))
+        return header(self._ts, stamp_ns, frame_id)
 
     def _make_camera_info(self) -> Any:
         c, T = self.calib, self._ts.types
@@ -229,8 +215,7 @@ class RosbagWriter:
         c = self.calib
         tfs = []
         for child, T_base_from_x in ((c.camera_frame_id, c.T_base_from_cam), (c.lidar_id, c.T_base_from_lidar)):
-            T_ = np.asarray(T_base_from_x, np.float64)
-            tfs.append(self._transform_stamped(t0_ns, BASE_FRAME, child, T_[:3, 3], quat_from_matrix(T_[:3, :3])))
+            tfs.append(transform_stamped(self._ts, t0_ns, BASE_FRAME, child, T_base_from_x))
         self._put(TOPIC_TF_STATIC, TF_MESSAGE, t0_ns, self._ts.types[TF_MESSAGE](transforms=tfs), latched=True)
         self._put(TOPIC_META, STRING, t0_ns, self._ts.types[STRING](data=self._meta_json), latched=True)
         self._started = True
@@ -276,9 +261,8 @@ class RosbagWriter:
             stamps, Ts = stamps[keep], Ts[keep]
         if not stamps.size:
             return
-        quats = quat_from_matrix(Ts[:, :3, :3])
-        for stamp, T_, q in zip(stamps.tolist(), Ts, quats):
-            tf = self._transform_stamped(stamp, WORLD_FRAME, BASE_FRAME, T_[:3, 3], q)
+        for stamp, T_ in zip(stamps.tolist(), Ts):
+            tf = transform_stamped(self._ts, stamp, WORLD_FRAME, BASE_FRAME, T_)
             self._put(TOPIC_TF, TF_MESSAGE, stamp, self._ts.types[TF_MESSAGE](transforms=[tf]))
         self._last_pose_ns = int(stamps[-1])
 

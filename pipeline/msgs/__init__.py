@@ -8,7 +8,8 @@
 - ``segfuse_msgs``: LaneBoundary, LaneBoundaryArray (ground-truth lane polylines).
 
 :func:`register_msgs` adds them all to a rosbags type store; the drive recorder and the
-publisher use it. Light module: rosbags is imported inside the functions.
+publisher use it. :func:`header` and :func:`transform_stamped` build the two standard
+messages every writer needs. Light module: rosbags is imported inside the functions.
 """
 from __future__ import annotations
 
@@ -55,3 +56,29 @@ def make_typestore() -> Any:
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     register_msgs(typestore)
     return typestore
+
+
+def header(typestore: Any, stamp_ns: int, frame_id: str) -> Any:
+    """std_msgs/Header at ``stamp_ns`` (integer nanoseconds since the epoch)."""
+    T = typestore.types
+    stamp_ns = int(stamp_ns)
+    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
+                                                                          nanosec=stamp_ns % 1_000_000_000),
+                                    frame_id=frame_id)
+
+
+def transform_stamped(typestore: Any, stamp_ns: int, parent: str, child: str, T_parent_from_child: Any) -> Any:
+    """geometry_msgs/TransformStamped of a 4x4 ``T_parent_from_child`` (tf's convention: the
+    child frame's pose in the parent frame)."""
+    import numpy as np
+
+    from pipeline.drive.common import quat_from_matrix
+
+    M = np.asarray(T_parent_from_child, np.float64)
+    t, q = M[:3, 3], quat_from_matrix(M[:3, :3])
+    T = typestore.types
+    return T["geometry_msgs/msg/TransformStamped"](
+        header=header(typestore, stamp_ns, parent), child_frame_id=child,
+        transform=T["geometry_msgs/msg/Transform"](
+            translation=T["geometry_msgs/msg/Vector3"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
+            rotation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3]))))

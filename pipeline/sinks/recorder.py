@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.msgs import header, transform_stamped
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +80,10 @@ class RosMessages:
     and ``_lidar_frame`` on the instance."""
 
     def _header(self, stamp_ns: int, frame_id: str) -> Any:
-        T = self._ts.types
-        stamp_ns = int(stamp_ns)
-        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000,
-                                                                              nanosec=stamp_ns % 1_000_000_000),
-                                        frame_id=frame_id)
+        return header(self._ts, stamp_ns, frame_id)
 
     def _transform(self, stamp_ns: int, parent: str, child: str, M: np.ndarray) -> Any:
-        from pipeline.drive.common import quat_from_matrix
-
-        T = self._ts.types
-        q = quat_from_matrix(np.asarray(M, np.float64)[:3, :3])
-        t = np.asarray(M, np.float64)[:3, 3]
-        return T["geometry_msgs/msg/TransformStamped"](
-            header=self._header(stamp_ns, parent), child_frame_id=child,
-            transform=T["geometry_msgs/msg/Transform"](
-                translation=T["geometry_msgs/msg/Vector3"](x=float(t[0]), y=float(t[1]), z=float(t[2])),
-                rotation=T["geometry_msgs/msg/Quaternion"](x=float(q[0]), y=float(q[1]), z=float(q[2]),
-                                                           w=float(q[3]))))
+        return transform_stamped(self._ts, stamp_ns, parent, child, M)
 
     def _image(self, stamp_ns: int, array: np.ndarray, encoding: str) -> Any:
         h = array.shape[0]
