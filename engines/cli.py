@@ -46,6 +46,11 @@ def register(subparsers) -> None:
     q.add_argument("--quantize-first-conv", action="store_true", help="also quantize the first convolution")
     q.add_argument("--quantize-classifier", action="store_true", help="also quantize the classifier / box predictor")
     q.add_argument("--quantize-mask-head", action="store_true", help="also quantize the mask head")
+    q.add_argument("--keep", action="append", default=[], metavar="REGEX",
+                   help="also leave the convolutions whose node names match REGEX unquantized (repeatable)")
+    q.add_argument("--no-arch-defaults", action="store_true",
+                   help="quantize the layers segfuse's own architectures keep in higher precision by default "
+                        "(engines/quantize.py ARCH_KEEP)")
     q.add_argument("--high-precision", choices=["fp32", "fp16"], default="fp32",
                    help="type of the unquantized parts (fp32 runs on ONNX Runtime CPU)")
     q.add_argument("-o", "--out", type=Path, help="output .onnx (default: <onnx>.int8.onnx / .fp16.onnx)")
@@ -143,7 +148,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = quantize_int8(args.onnx, out, frames,
                            method=args.method, min_frames=args.min_frames, max_frames=args.frames,
                            keep_first_conv=not args.quantize_first_conv, keep_classifier=not args.quantize_classifier,
-                           keep_mask_head=not args.quantize_mask_head, high_precision=args.high_precision,
+                           keep_mask_head=not args.quantize_mask_head, keep_patterns=args.keep,
+                           arch_defaults=not args.no_arch_defaults,
+                           high_precision=args.high_precision,
                            source=source)
     print("\n".join(report.lines()))
     return 0

@@ -39,12 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
     p.add_argument("--class-balance", choices=["none", "sqrt-median"],
                    help="DeepLab loss weights per class (default sqrt-median: rare thin classes count more)")
+    p.add_argument("--bias-drives", nargs="+", default=[],
+                   help="DeepLab: held-out drives (or folders of drives) to tune per-class logit offsets on "
+                        "for the best mIoU, after training and before export (docs/models.md)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frame-stride", type=int, default=1, help="use every n-th frame of each drive")
     p.add_argument("--export-size", default="384x1248", help="ONNX input HxW (default 384x1248)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--init", help="fine-tune: start from these weights (state dict or last.pt) with a fresh "
+                                  "optimiser and schedule; layers they lack keep their initialisation")
     p.add_argument("--no-export", action="store_true", help="do not export the ONNX at the end")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -96,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
                       scale_range=_floats(args.scale or d["scale"], "scale"), lr=args.lr or d["lr"],
                       warmup_steps=d["warmup"], threads=args.threads, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, export_hw=parse_hw(args.export_size, field="export-size"),
-                      frame_stride=args.frame_stride, class_balance=args.class_balance or d["class_balance"])
+                      frame_stride=args.frame_stride, class_balance=args.class_balance or d["class_balance"],
+                      init_weights=args.init, bias_drives=[str(p) for p in find_drives(args.bias_drives)]
+                      if args.bias_drives else [])
     log.info("training %s on %d drives -> %s", cfg.arch, len(drives), args.out)
     samples = load_samples(cfg.drives, stride=cfg.frame_stride, progress=not args.no_progress)
     report = train(cfg, resume=args.resume, progress=not args.no_progress, samples=samples)

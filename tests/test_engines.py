@@ -263,6 +263,22 @@ def test_quantize_gives_a_qdq_onnx_that_runs(deeplab, deeplab_int8, frames):
     assert acc.result()["pixel_agreement"] > 0.6
 
 
+def test_keep_patterns_leave_matching_convolutions_unquantized(deeplab):
+    from engines.quantize import higher_precision_nodes
+
+    _, _, path, _ = deeplab
+    model = onnx.load(str(path))
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    keep = higher_precision_nodes(model, "deeplab", keep_patterns=[r"/classifier\.0/"])
+    kept = keep["--keep /classifier\\.0/"]
+    assert kept and all("/classifier.0/" in n for n in kept) and set(kept) < set(convs)
+    assert keep["first conv"] == [convs[0]] and keep["classifier"]
+    with pytest.raises(EngineError, match="matches no convolution"):
+        higher_precision_nodes(model, "deeplab", keep_patterns=["/no_such_layer/"])
+    with pytest.raises(EngineError, match="not a regular expression"):
+        higher_precision_nodes(model, "deeplab", keep_patterns=["(unclosed"])
+
+
 def test_quantize_maskrcnn_runs_on_cpu(maskrcnn, tmp_path, frames):
     from engines.onnxruntime_backend import OnnxRuntimeEngine
     from engines.quantize import quantize_int8

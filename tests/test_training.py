@@ -159,3 +159,71 @@ def test_class_weights_favour_rare_classes(samples):
     assert np.all((w >= 0.25) & (w <= 10.0))
     with pytest.raises(Exception, match="class balance"):
         class_weights(samples, TAX.num_classes, "inverse")
+
+
+def test_init_from_weights_without_the_stride2_refinement(tmp_path):
+    """Fine-tuning starts from weights trained before DeepLab gained its stride-2 refinement:
+    they load, the refinement starts at zero (the output ignores it), and weights that do not
+    fit are refused, naming the key."""
+    import torch
+
+    from engines.lite import build_deeplab_lite
+    from engines.training import init_from
+    from pipeline.errors import ConfigError
+
+    torch.manual_seed(0)
+    old = {k: v for k, v in build_deeplab_lite(TAX.num_classes).state_dict().items()
+           if not k.startswith(("refine2", "squeeze4"))}
+    torch.save(old, tmp_path / "old.pt")
+    model = build_deeplab_lite(TAX.num_classes)
+    missing = init_from(model, tmp_path / "old.pt")
+    assert missing and all(k.startswith(("refine2", "squeeze4")) for k in missing)
+    assert torch.equal(model.state_dict()["fuse4.0.0.weight"], old["fuse4.0.0.weight"])
+    x = torch.rand(1, 3, 64, 128)
+    with torch.no_grad():
+        before = model(x)["out"]
+        model.refine2[0].weight.mul_(3.0)                # the refinement's features change ...
+        assert torch.equal(model(x)["out"], before)      # ... but its zero last layer hides them
+        model.refine2_logits.weight.fill_(0.01)
+        assert not torch.equal(model(x)["out"], before)
+    bad = dict(old, **{"classifier.weight": torch.zeros(3, 32, 1, 1)})
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="classifier.weight"):
+        init_from(build_deeplab_lite(TAX.num_classes), tmp_path / "bad.pt")
+    torch.save(dict(old, extra=torch.zeros(1)), tmp_path / "extra.pt")
+    with pytest.raises(ConfigError, match="extra"):
+        init_from(build_deeplab_lite(TAX.num_classes), tmp_path / "extra.pt")
+    with pytest.raises(ConfigError, match="not found"):
+        init_from(build_deeplab_lite(TAX.num_classes), tmp_path / "none.pt")
+
+
+def test_class_bias_offsets_reach_the_logits_and_do_not_lower_miou(samples):
+    import torch
+
+    from engines.lite import build_deeplab_lite
+    from engines.training import calibrate_class_bias
+
+    torch.manual_seed(1)
+    model = build_deeplab_lite(TAX.num_classes)
+    x = torch.rand(1, 3, 96, 320)
+    with torch.no_grad():
+        before = model(x)["out"]
+    rep = calibrate_class_bias(model, samples, TAX, input_hw=(192, 640), rounds=2, progress=False)
+    offsets = np.array([rep["offsets"][name] for name in TAX.names])
+    assert rep["miou_after"] >= rep["miou_before"] and rep["frames"] == len(samples)
+    assert abs(offsets.mean()) < 1e-3 and np.abs(offsets).max() > 0      # a random model has a lot to fix
+    with torch.no_grad():
+        shift = (model(x)["out"] - before)[0]
+    # a constant per class, everywhere: the offset reached the output through the upsampling
+    np.testing.assert_allclose(shift.numpy(), np.broadcast_to(offsets[:, None, None], shift.shape), atol=2e-3)
+
+
+def test_bias_drives_must_be_held_out(small_drive, samples, tmp_path):
+    from engines.training import TrainConfig, train
+    from pipeline.errors import ConfigError
+
+    cfg = TrainConfig(kind="deeplab", arch="deeplabv3plus_mobilenet_v3_small", drives=[str(small_drive)],
+                      out_dir=str(tmp_path), steps=1, batch=1, crop_hw=(64, 96), warmup_steps=1, threads=1,
+                      bias_drives=[str(small_drive)])
+    with pytest.raises(ConfigError, match="held out"):
+        train(cfg, progress=False, samples=samples)
