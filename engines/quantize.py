@@ -91,7 +91,8 @@ def higher_precision_nodes(model, kind: str | None, *, keep_first_conv: bool = T
         for reason, patterns in ARCH_KEEP.get(arch, {}).items():
             names = [n.name for n in convs if any(re.search(pat, n.name) for pat in patterns)]
             if names:
-                out[reason] = names    for pattern in keep_patterns:
+                out[reason] = names
+    for pattern in keep_patterns:
         try:
             rx = re.compile(pattern)
         except re.error as exc:
@@ -108,8 +109,8 @@ def higher_precision_nodes(model, kind: str | None, *, keep_first_conv: bool = T
         else:
             # torchvision's DeepLab head ends in classifier.4; segfuse's lite one in classifier and
             # refine2_logits (its stride-2 residual); otherwise the last convolution
-            names = [n.name for n in convs if re.search(r"/classifier\.4/|/classifier/|/refine2_logits/", n.name)] \
-                or [convs[-1].name]
+            head = re.compile(r"/classifier\.4/|/(classifier|refine2_logits)/Conv$")
+            names = [n.name for n in convs if head.search(n.name)] or [convs[-1].name]
         out["classifier"] = names
     if keep_mask_head and kind == "maskrcnn":
         out["mask head"] = [n.name for n in convs if re.search(r"mask_head|mask_predictor|mask", n.name)]
