@@ -3,8 +3,10 @@
 Every engine (see engines/contracts.py) takes ``images``: float32 [B, 3, H, W], RGB,
 values 0..255 (uint8 range), with the normalisation inside the graph. This module
 resizes each (H, W, 3) uint8 BGR frame to the engine's input size, either keeping the
-aspect ratio and padding (``letterbox``, the default) or stretching (``stretch``), swaps
-BGR to RGB and lays it out NCHW. The returned ``FrameTransform`` maps engine-input
+aspect ratio and padding (``letterbox``, the default), padding without enlarging a frame
+that already fits (``pad``: no resampling, so 1-2 px lane paint and poles keep their exact
+pixels; larger frames are letterboxed down) or stretching (``stretch``), swaps BGR to RGB
+and lays it out NCHW. The returned ``FrameTransform`` maps engine-input
 pixels back to camera pixels for the postprocess.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.types import CameraFrame
 
-RESIZE_MODES = ("letterbox", "stretch")
+RESIZE_MODES = ("letterbox", "pad", "stretch")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ def make_transform(src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str =
     if mode == "stretch":
         return FrameTransform((sh, sw), (dh, dw), dw / sw, dh / sh, 0, 0)
     scale = min(dh / sh, dw / sw)
+    if mode == "pad":
+        scale = min(scale, 1.0)
     nh, nw = max(1, int(round(sh * scale))), max(1, int(round(sw * scale)))
     # exact per-axis scales of the rounded size, so boxes map back without drift
     return FrameTransform((sh, sw), (dh, dw), nw / sw, nh / sh, (dw - nw) // 2, (dh - nh) // 2)

@@ -15,7 +15,7 @@ from pipeline.errors import ConfigError
 
 POLICIES = ("replay", "live")
 MASK_PROVIDERS = ("ground_truth", "engines")
-RESIZE_MODES = ("letterbox", "stretch")
+from pipeline.preprocess import RESIZE_MODES  # noqa: E402  (one list, where the modes are implemented)
 COMPRESSIONS = ("lz4", "zstd", "none")
 TOPIC_KEYS = ("image", "camera_info", "points", "tf", "semantic", "instance")
 

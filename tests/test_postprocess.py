@@ -29,6 +29,21 @@ def test_letterbox_transform_roundtrip_and_layout():
         resize_to_input(np.zeros((10, 10), np.uint8), (32, 32))
 
 
+def test_pad_mode_never_resamples_a_frame_that_fits():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (375, 1242, 3), dtype=np.uint8)
+    out, t = resize_to_input(image, (384, 1248), mode="pad")
+    assert (t.scale_x, t.scale_y, t.pad_x, t.pad_y) == (1.0, 1.0, 3, 4) and t.content_hw == (375, 1242)
+    assert np.array_equal(out[4:379, 3:1245], image) and not out[:4].any() and not out[:, :3].any()
+    ids = np.zeros((384, 1248), np.int32)
+    ids[4:379, 3:1245] = image[:, :, 0] % 11                   # one class per camera pixel
+    assert np.array_equal(semantic_from_output(ids, t, "cam").class_ids, image[:, :, 0] % 11)
+    big = make_transform((750, 2484), (384, 1248), "pad")      # larger frames are letterboxed down
+    assert big == make_transform((750, 2484), (384, 1248), "letterbox")
+    lb = make_transform((375, 1242), (384, 1248), "letterbox")
+    assert lb.scale_x > 1.0 and lb.content_hw == (377, 1248)   # what letterbox does to the same frame
+
+
 def test_semantic_back_to_camera_resolution():
     src = (300, 600)
     t = make_transform(src, (128, 128), "letterbox")
