@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bias-drives", nargs="+", default=[],
                    help="DeepLab: held-out drives (or folders of drives) to tune per-class logit offsets on "
                         "for the best mIoU, after training and before export (docs/models.md)")
+    p.add_argument("--bias-resize", choices=["letterbox", "pad", "stretch"], default="letterbox",
+                   help="how the pipeline will resize frames for the model (its engines.resize), for --bias-drives")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frame-stride", type=int, default=1, help="use every n-th frame of each drive")
@@ -103,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                       checkpoint_every=args.checkpoint_every, export_hw=parse_hw(args.export_size, field="export-size"),
                       frame_stride=args.frame_stride, class_balance=args.class_balance or d["class_balance"],
                       init_weights=args.init, bias_drives=[str(p) for p in find_drives(args.bias_drives)]
-                      if args.bias_drives else [])
+                      if args.bias_drives else [], bias_resize=args.bias_resize)
     log.info("training %s on %d drives -> %s", cfg.arch, len(drives), args.out)
     samples = load_samples(cfg.drives, stride=cfg.frame_stride, progress=not args.no_progress)
     report = train(cfg, resume=args.resume, progress=not args.no_progress, samples=samples)

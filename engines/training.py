@@ -56,6 +56,7 @@ class TrainConfig:
     class_balance: str = "none"                # DeepLab loss weights: none | sqrt-median (frequency balancing)
     init_weights: str | None = None            # start from these weights (a state dict), fresh optimiser and schedule
     bias_drives: list[str] = field(default_factory=list)   # DeepLab: tune per-class logit offsets on these (held out)
+    bias_resize: str = "letterbox"             # ... with frames resized as the pipeline will (engines.resize)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -372,7 +373,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     bias_report = None
     if cfg.bias_drives and cfg.kind == "deeplab":
         held_out = load_samples(cfg.bias_drives, progress=progress)
-        bias_report = calibrate_class_bias(model, held_out, taxonomy, input_hw=tuple(cfg.export_hw), progress=progress)
+        bias_report = calibrate_class_bias(model, held_out, taxonomy, input_hw=tuple(cfg.export_hw),
+                                           resize=cfg.bias_resize, progress=progress)
     weights = out / f"{cfg.arch}.pt"
     torch.save(model.state_dict(), str(weights))
     report = {"kind": cfg.kind, "arch": cfg.arch, "steps": step, "train_seconds": round(seconds, 1),
@@ -397,15 +399,15 @@ def logit_bias(model):
 
 
 def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *, input_hw: tuple[int, int],
-                         row_stride: int = 2, rounds: int = 3,
+                         resize: str = "letterbox", row_stride: int = 2, rounds: int = 3,
                          grid: Sequence[float] = (-1.5, -1.0, -0.6, -0.3, -0.15, 0.15, 0.3, 0.6, 1.0),
                          progress: bool = True) -> dict[str, Any]:
     """Per-class offsets added to DeepLab's logits, chosen to maximise mIoU on held-out frames
     (coordinate ascent over the classes). Class-balanced training (sqrt median-frequency
     weights) buys recall of thin classes with false positives (poles predicted over the
     building behind them); the offsets move each class's decision boundary back to where IoU
-    is best. Frames are letterboxed as the pipeline does; the ground truth follows with nearest
-    resampling, padding ignored; every ``row_stride``-th row is scored. The offsets are added
+    is best. Frames are resized as the pipeline will (``resize``: its engines.resize mode); the
+    ground truth follows with nearest resampling, padding ignored; every ``row_stride``-th row is scored. The offsets are added
     to the model's final bias in place. Returns them with mIoU before and after."""
     import cv2
     import torch
@@ -419,7 +421,7 @@ def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *
     model.eval()
     with torch.no_grad():
         for smp in tqdm(samples, desc="class bias: logits", unit="frame", disable=not progress, leave=False):
-            img, t = resize_to_input(smp.image, input_hw)
+            img, t = resize_to_input(smp.image, input_hw, mode=resize)
             nh, nw = t.content_hw
             x = normalise(to_tensor_rgb01([img]))
             out = model(x)["out"][0, :, t.pad_y:t.pad_y + nh:row_stride, t.pad_x:t.pad_x + nw]
@@ -465,7 +467,7 @@ def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *
     log.info("class logit offsets (mIoU on %d held-out frames %.4f -> %.4f): %s", len(samples), start, best,
              ", ".join(f"{name} {b:+.2f}" for name, b in zip(taxonomy.names, bias)))
     return {"offsets": {name: round(float(b), 3) for name, b in zip(taxonomy.names, bias)},
-            "frames": len(samples), "miou_before": round(start, 4), "miou_after": round(best, 4)}
+            "frames": len(samples), "resize": resize, "miou_before": round(start, 4), "miou_after": round(best, 4)}
 
 
 def init_from(model, weights: str | Path) -> list[str]:

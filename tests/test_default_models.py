@@ -54,6 +54,19 @@ def test_committed_models_honour_the_contract_and_fit_the_size_budget():
     assert total <= 25 * 1024 * 1024
 
 
+def test_int8_keeps_the_default_deeplabs_fine_skip_in_fp32():
+    import onnx
+
+    from engines.quantize import higher_precision_nodes
+
+    model = onnx.load(str(DEEPLAB))
+    keep = higher_precision_nodes(model, "deeplab")
+    fine = keep["stride-4 block (fine skip)"]
+    assert fine and all("/model/backbone.1/" in n for n in fine)
+    assert any("refine2_logits" in n for n in keep["classifier"]) and any("/classifier/" in n for n in keep["classifier"])
+    assert "stride-4 block (fine skip)" not in higher_precision_nodes(model, "deeplab", arch_defaults=False)
+
+
 def test_demo_config_uses_the_committed_models():
     demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert demo["masks"] == "engines"
