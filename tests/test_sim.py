@@ -258,14 +258,15 @@ def test_interrupted_run_leaves_no_drive_that_looks_complete(tmp_path):
     import time
 
     out = tmp_path / "drive"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sim", "--frames", "400", "--seed", "1",
+    # long enough that the interrupt always lands mid-drive (400 tiny frames now render in ~2 s)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sim", "--frames", "3000", "--seed", "1",
                              "--scale", "0.2", "--workers", "1", "--no-progress", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.glob("drive.partial-*")):
         time.sleep(0.1)
     assert list(tmp_path.glob("drive.partial-*")), "the run never started writing"
-    time.sleep(1.0)                      # a few frames in
+    time.sleep(0.5)                      # a few frames in
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
