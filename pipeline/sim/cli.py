@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=1.0,
                    help="camera resolution factor (1.0 = 1242x375, KITTI-like)")
     p.add_argument("--workers", type=int, default=None,
-                   help="rendering processes (default: min(2, CPU cores) from 40 frames on, else 1); "
+                   help="rendering processes (default: min(2, CPU cores) from 24 frames on, else 1); "
                         "the drive is the same for any number")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
