@@ -86,8 +86,8 @@ def higher_precision_nodes(model, kind: str | None, *, keep_first_conv: bool = T
     out: dict[str, list[str]] = {}
     if not convs:
         return out
-    arch = {p.key: p.value for p in model.metadata_props}.get(C.META_ARCH)
     if arch_defaults:
+        arch = {p.key: p.value for p in model.metadata_props}.get(C.META_ARCH)
         for reason, patterns in ARCH_KEEP.get(arch, {}).items():
             names = [n.name for n in convs if any(re.search(pat, n.name) for pat in patterns)]
             if names:

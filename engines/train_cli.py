@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.preprocess import RESIZE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bias-drives", nargs="+", default=[],
                    help="DeepLab: held-out drives (or folders of drives) to tune per-class logit offsets on "
                         "for the best mIoU, after training and before export (docs/models.md)")
-    p.add_argument("--bias-resize", choices=["letterbox", "pad", "stretch"], default="letterbox",
+    p.add_argument("--bias-resize", choices=RESIZE_MODES, default="letterbox",
                    help="how the pipeline will resize frames for the model (its engines.resize), for --bias-drives")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)

@@ -407,8 +407,9 @@ def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *
     weights) buys recall of thin classes with false positives (poles predicted over the
     building behind them); the offsets move each class's decision boundary back to where IoU
     is best. Frames are resized as the pipeline will (``resize``: its engines.resize mode); the
-    ground truth follows with nearest resampling, padding ignored; every ``row_stride``-th row is scored. The offsets are added
-    to the model's final bias in place. Returns them with mIoU before and after."""
+    ground truth follows with nearest resampling, padding ignored; every ``row_stride``-th row
+    is scored. The offsets are added to the model's final bias in place. Returns them with
+    mIoU before and after."""
     import cv2
     import torch
     from tqdm import tqdm

@@ -12,10 +12,10 @@ from typing import Any
 
 from pipeline.config import check_unknown_keys, get_key, load_yaml
 from pipeline.errors import ConfigError
+from pipeline.preprocess import RESIZE_MODES          # one list, where the modes are implemented
 
 POLICIES = ("replay", "live")
 MASK_PROVIDERS = ("ground_truth", "engines")
-from pipeline.preprocess import RESIZE_MODES  # noqa: E402  (one list, where the modes are implemented)
 COMPRESSIONS = ("lz4", "zstd", "none")
 TOPIC_KEYS = ("image", "camera_info", "points", "tf", "semantic", "instance")
 

@@ -131,12 +131,10 @@ def _init_worker(seed: int, frames: int, config) -> None:
 
 
 def _init_forked_worker() -> None:
-    """Forked worker: the parent's world is already here (set before the fork); only the
-    ray-casting scenes are built, in this process, with one thread."""
+    """Forked worker: the parent's world is already here (set before the fork; the parent has
+    built no ray-casting scene); this process builds its own, with one thread."""
     _one_thread_each()
-    sim = _WORKER["sim"]
-    sim.threads = 1
-    sim._renderer = None
+    _WORKER["sim"].threads = 1
 
 
 def _render_in_worker(index: int):

@@ -68,7 +68,6 @@ class ZenohLidarSource(Source):
         lidars = list(getattr(rig, "lidars", None) or [])
         self.lidar_id = p.get("lidar_id") or (lidars[0].name if len(lidars) == 1 else "lidar")
         self.camera_id = None
-        self.dropped = 0                 # samples the full queue let go for newer ones
         self.received = 0
         self._queue: deque[tuple[str, bytes, int]] = deque()
         self._depth = depth
