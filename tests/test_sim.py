@@ -134,6 +134,38 @@ def test_lane_marking_points_lie_on_ground_truth_lanes(sim, frames):
     assert abs(np.median(pb[:, 2])) < 0.05     # paint lies on the road surface
 
 
+def test_lane_paint_follows_solid_lines_and_dashes():
+    """The labelling kernel on one road triangle whose vertices carry road coordinates (s, d):
+    hits placed by their barycentric coordinates on a solid line, on a dash, in the gap
+    between dashes, and off the paint."""
+    from pipeline.sim.kernels import label_hits
+    from pipeline.sim.world import DASH_LENGTH_M, DASH_PERIOD_M
+
+    road, lane, sky = TAX.id("road"), TAX.id("lane_marking"), TAX.id("sky")
+    faces = np.array([[0, 1, 2]], np.int32)
+    vert_sd = np.array([[0.0, -4.0], [100.0, -4.0], [0.0, 4.0]], np.float32)   # s along u, d along v
+    # (s, d) -> barycentric (u, v) of that triangle: s = 100 u, d = -4 + 8 v
+    sd = np.array([[10.0, -1.8],                       # solid line at d = -1.8
+                   [DASH_PERIOD_M * 2 + 1.0, 1.8],     # dashed line at d = +1.8, on a dash
+                   [DASH_PERIOD_M * 2 + DASH_LENGTH_M + 1.0, 1.8],   # in the gap
+                   [10.0, 0.0],                         # between the lines
+                   [10.0, 0.0]])                        # a miss
+    uv = np.column_stack([sd[:, 0] / 100.0, (sd[:, 1] + 4.0) / 8.0]).astype(np.float32)
+    dist = np.array([5, 5, 5, 5, np.inf], np.float32)
+    white, yellow = (0.9, 0.9, 0.9), (0.1, 0.8, 0.9)
+    paint = (np.array([-1.8, 1.8], np.float32), np.array([0.1, 0.1], np.float32), np.array([True, False]),
+             np.array([white, yellow], np.float32))
+    empty = np.zeros(0, np.int64)
+    cls, inst, albedo, refl = label_hits(
+        dist, np.zeros(5, bool), np.zeros(5, np.int64), uv, sky, road, lane,
+        np.array([road], np.uint8), np.full((1, 3), 0.3, np.float32), np.array([0.1], np.float32), faces, vert_sd,
+        *paint, np.zeros(0, np.uint8), np.zeros(0, np.uint16), np.zeros(0, np.float32), empty, np.zeros((0, 3), np.float32))
+    assert cls.tolist() == [lane, lane, road, road, sky]
+    np.testing.assert_allclose(albedo[:4], [white, yellow, (0.3,) * 3, (0.3,) * 3], rtol=1e-6)
+    np.testing.assert_allclose(refl, [0.8, 0.8, 0.1, 0.1, 0.0], rtol=1e-6)
+    assert not inst.any()
+
+
 def test_every_class_appears_in_the_default_drive():
     sim = Simulator(seed=7, num_frames=30)
     seen_px, seen_pts = set(), set()

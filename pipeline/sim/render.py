@@ -152,6 +152,7 @@ class Renderer:
         self._static = o3d.t.geometry.RaycastingScene()
         self._static.add_triangles(o3d.core.Tensor(st.vertices), o3d.core.Tensor(st.faces.astype(np.uint32)))
         self._things = _Things(world)
+        self._paint = world.road.paint_table()
         # Per-pixel unit ray directions in the camera optical frame, and their z (for depth).
         H, W = camera.height, camera.width
         u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
@@ -205,51 +206,26 @@ class Renderer:
             dynamic[idx] = True
         return _Hits(t, dynamic, prim, uv, nrm)
 
-    def _labels(self, hits: _Hits, points_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """class ids, instance ids, albedo (BGR), reflectivity of each hit (sky: class sky)."""
-        world, st, th = self.world, self.world.static, self._things
-        n = len(hits.t)
-        hit = np.isfinite(hits.t)
-        cls = np.full(n, world.taxonomy.id("sky"), np.uint8)
-        inst = np.zeros(n, np.uint16)
-        albedo = np.zeros((n, 3), np.float32)
-        refl = np.zeros(n, np.float32)
-        s_idx = np.flatnonzero(hit & ~hits.dynamic)
-        p = hits.prim[s_idx]
-        cls[s_idx] = st.tri_class[p]
-        albedo[s_idx] = st.tri_color[p]
-        refl[s_idx] = st.tri_reflect[p]
-        road = cls[s_idx] == world.taxonomy.id("road")
-        if road.any():
-            r_idx, rp = s_idx[road], p[road]
-            f = st.faces[rp]
-            uv = hits.uv[r_idx]
-            w0 = 1 - uv[:, 0] - uv[:, 1]
-            sd = w0[:, None] * st.vert_sd[f[:, 0]] + uv[:, :1] * st.vert_sd[f[:, 1]] + uv[:, 1:] * st.vert_sd[f[:, 2]]
-            paint = world.road.paint_mask(sd[:, 0], sd[:, 1])
-            pi = r_idx[paint]
-            cls[pi] = world.taxonomy.id("lane_marking")
-            albedo[pi] = world.road.paint_color(sd[paint, 0], sd[paint, 1])
-            refl[pi] = 0.8
-        d_idx = np.flatnonzero(hit & hits.dynamic)
-        if len(d_idx):
-            a = th.tri_agent[hits.prim[d_idx]]
-            cls[d_idx] = th.class_ids[a]
-            inst[d_idx] = th.instance_ids[a]
-            albedo[d_idx] = th.tri_color[hits.prim[d_idx]]
-            refl[d_idx] = th.reflect[a]
-        return cls, inst, albedo, refl
+    def _labels(self, hits: _Hits) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """class ids, instance ids, albedo (BGR), reflectivity of each hit (sky: class sky;
+        lane paint from the road coordinates of the hit: kernels.label_hits)."""
+        from pipeline.sim.kernels import label_hits
+
+        tax, st, th = self.world.taxonomy, self.world.static, self._things
+        return label_hits(hits.t, hits.dynamic, hits.prim, hits.uv, tax.id("sky"), tax.id("road"), tax.id("lane_marking"),
+                          st.tri_class, st.tri_color, st.tri_reflect, st.faces, st.vert_sd, *self._paint,
+                          th.class_ids, th.instance_ids, th.reflect, th.tri_agent, th.tri_color)
 
     # -- camera ---------------------------------------------------------------------------
     def render_camera(self, t_s: float, T_world_from_base: np.ndarray, rng: np.random.Generator) -> CameraRender:
+        from pipeline.sim.kernels import finish_image, hit_points, rotate_rays
+
         cam, light = self.camera, self.light
         H, W = cam.height, cam.width
         T_world_from_cam = T_world_from_base @ cam.T_base_from_cam
         R, o = T_world_from_cam[:3, :3], T_world_from_cam[:3, 3]
-        dirs_w = self._cam_dirs @ R.T.astype(np.float32)
-        rays = np.empty((len(dirs_w), 6), np.float32)
-        rays[:, :3] = o
-        rays[:, 3:] = dirs_w
+        rays = rotate_rays(self._cam_dirs, R.astype(np.float32), o.astype(np.float32))
+        dirs_w = rays[:, 3:]
         ego_s = self.world.ego_s0_m + self.world.ego_speed_mps * t_s
         sub = self._things.subset(self._things.near(self.world, t_s, ego_s, 160.0))
         scene = self._thing_scene(sub, t_s)
@@ -257,16 +233,14 @@ class Renderer:
         thing_px = self._thing_pixels(sub, t_s, np.linalg.inv(T_world_from_cam)) if scene is not None else None
         hits = self._cast_both(rays, [(scene, thing_px, sub)])
         hit = np.isfinite(hits.t)
-        pts = o.astype(np.float32) + dirs_w * np.where(hit, hits.t, 0)[:, None]
-        cls, inst, albedo, _ = self._labels(hits, pts)
+        pts = hit_points(rays, hits.t)
+        cls, inst, albedo, _ = self._labels(hits)
         depth = np.where(hit, hits.t * self._cam_dirs[:, 2], np.inf).astype(np.float32)
 
         codes = self._shade(hits, pts, dirs_w, albedo, hit, scene)
         # display gamma through a lookup table over 12-bit codes; sensor noise from a per-drive bank
-        img = self._gamma_lut[codes].reshape(-1)
-        off = int(rng.integers(0, len(self._noise_bank) - img.size))
-        img = img + self._noise_bank[off:off + img.size]
-        image = np.clip(img, 0, 255).astype(np.uint8).reshape(H, W, 3)
+        off = int(rng.integers(0, len(self._noise_bank) - codes.size))
+        image = finish_image(codes, self._gamma_lut, self._noise_bank, off).reshape(H, W, 3)
         return CameraRender(image, cls.reshape(H, W), inst.reshape(H, W), depth.reshape(H, W))
 
     def _thing_pixels(self, sub: "_ThingSubset", t_s: float, T_cam_from_world: np.ndarray) -> np.ndarray:
@@ -309,15 +283,12 @@ class Renderer:
                thing_scene) -> np.ndarray:
         """12-bit linear BGR codes per pixel: textured Lambert + ambient, sun shadows, haze, sky
         (numba kernels in pipeline/sim/kernels.py; the shadow rays go to Open3D)."""
-        from pipeline.sim.kernels import face_and_lambert, shade_codes
+        from pipeline.sim.kernels import face_and_lambert, shade_codes, shadow_rays
 
         light, st = self.light, self.world.static
         lam = face_and_lambert(hits.normal, dirs, hit, light.sun_dir_world)
         if light.shadows:
-            li = np.flatnonzero(lam > 0)
-            srays = np.empty((len(li), 6), np.float32)
-            srays[:, :3] = pts[li] + hits.normal[li] * np.float32(0.03)
-            srays[:, 3:] = light.sun_dir_world.astype(np.float32)
+            li, srays = shadow_rays(pts, hits.normal, lam, light.sun_dir_world.astype(np.float32), np.float32(0.03))
             occ = self._static.test_occlusions(self._o3d.core.Tensor(srays), nthreads=self.threads).numpy()
             if thing_scene is not None:
                 occ |= thing_scene.test_occlusions(self._o3d.core.Tensor(srays), nthreads=self.threads).numpy()
@@ -365,16 +336,17 @@ class Renderer:
         return out
 
     def render_lidar(self, sweep_start_s: float, rng: np.random.Generator) -> LidarRender:
+        from pipeline.sim.kernels import hit_points, lidar_rays
+
         lid, world = self.lidar, self.world
         cols = lid.azimuth_steps
         beams = len(lid.elevation_deg)
         t_col_s = sweep_start_s + self._lidar_col_t_ns / 1e9
         T_wb = world.ego_pose(t_col_s)                                 # (cols, 4, 4)
         T_wl = T_wb @ lid.T_base_from_lidar
-        dirs_l = self._lidar_dirs.reshape(cols, beams, 3)
-        dirs_w = np.einsum("cij,cbj->cbi", T_wl[:, :3, :3].astype(np.float32), dirs_l).reshape(-1, 3)
-        origins = np.repeat(T_wl[:, :3, 3].astype(np.float32), beams, axis=0)
-        rays = np.concatenate([origins, dirs_w], 1).astype(np.float32)
+        rays = lidar_rays(self._lidar_dirs, np.ascontiguousarray(T_wl[:, :3, :3], np.float32),
+                          np.ascontiguousarray(T_wl[:, :3, 3], np.float32), beams)
+        dirs_w = rays[:, 3:]
         mid_s = sweep_start_s + lid.period_ns / 2e9
         ego_s = world.ego_s0_m + world.ego_speed_mps * mid_s
         near = self._things.near(world, mid_s, ego_s, lid.max_range_m + 30)
@@ -392,8 +364,7 @@ class Renderer:
             scenes.append((self._thing_scene(sub, t_mid), slice(c0 * beams, c1 * beams), sub))
         hits = self._cast_both(rays, scenes)
         rng_m = hits.t + rng.normal(0, lid.range_noise_m, len(hits.t)).astype(np.float32)
-        pts_w = origins + dirs_w * np.where(np.isfinite(hits.t), hits.t, 0)[:, None]
-        cls, inst, _, refl = self._labels(hits, pts_w)
+        cls, inst, _, refl = self._labels(hits)
         cos_inc = np.abs(np.einsum("ij,ij->i", hits.normal, dirs_w))
         intensity = refl * (0.35 + 0.65 * cos_inc) * (1 + rng.normal(0, 0.05, len(refl)))
         p_drop = lid.dropout + 0.25 * (np.clip(rng_m, 0, None) / lid.max_range_m) ** 2 * (1 - np.clip(refl, 0, 1))

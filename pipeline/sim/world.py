@@ -68,21 +68,14 @@ class Road:
         d_m = np.asarray(d_m, np.float64)
         return x - d_m * np.sin(h), y + d_m * np.cos(h), h
 
-    def paint_mask(self, s_m: np.ndarray, d_m: np.ndarray) -> np.ndarray:
-        """True where road coordinates (s, d) lie on lane paint."""
-        on = np.zeros(np.shape(s_m), bool)
-        dash_phase = np.mod(s_m, DASH_PERIOD_M) < DASH_LENGTH_M
-        for b in self.boundaries:
-            near = np.abs(d_m - b.d_m) <= b.half_width_m
-            on |= near if b.type == "solid" else (near & dash_phase)
-        return on
-
-    def paint_color(self, s_m: np.ndarray, d_m: np.ndarray) -> np.ndarray:
-        col = np.ones((len(s_m), 3), np.float32)
-        for b in self.boundaries:
-            near = np.abs(d_m - b.d_m) <= b.half_width_m
-            col[near] = b.color
-        return col
+    def paint_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The lane paint as arrays for the renderer's kernel (``kernels.label_hits``): per
+        boundary its offset d, half width (float32, as the paint test runs in float32), whether
+        it is solid (dashed ones are painted where ``s mod DASH_PERIOD_M < DASH_LENGTH_M``) and
+        its BGR colour (the last boundary covering a point gives its colour)."""
+        b = self.boundaries
+        return (np.array([x.d_m for x in b], np.float32), np.array([x.half_width_m for x in b], np.float32),
+                np.array([x.type == "solid" for x in b], np.bool_), np.array([x.color for x in b], np.float32).reshape(-1, 3))
 
 
 @dataclass
