@@ -109,8 +109,10 @@ def augment(sample: Sample, crop_hw: tuple[int, int], scale_range: tuple[float, 
     h, w = img.shape[:2]
     nh, nw = max(8, int(round(h * s))), max(8, int(round(w * s)))
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    sem = cv2.resize(sem, (nw, nh), interpolation=cv2.INTER_NEAREST)
-    inst = cv2.resize(inst, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    # labels by pixel-centre nearest, aligned with the image's resampling (INTER_NEAREST's
+    # floor(x * scale) would move them half a pixel against it)
+    sem = cv2.resize(sem, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
+    inst = cv2.resize(inst, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
     ch, cw = crop_hw
     y0 = int(rng.integers(0, max(nh - ch, 0) + 1))
     x0 = int(rng.integers(0, max(nw - cw, 0) + 1))
@@ -426,7 +428,7 @@ def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *
             nh, nw = t.content_hw
             x = normalise(to_tensor_rgb01([img]))
             out = model(x)["out"][0, :, t.pad_y:t.pad_y + nh:row_stride, t.pad_x:t.pad_x + nw]
-            gt = cv2.resize(smp.semantic, (nw, nh), interpolation=cv2.INTER_NEAREST)[::row_stride]
+            gt = cv2.resize(smp.semantic, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)[::row_stride]
             keep = torch.from_numpy((gt < n).reshape(-1))
             logits.append(out.reshape(n, -1)[:, keep].T.to(torch.float16))
             truth.append(torch.from_numpy(gt.reshape(-1)[keep.numpy()].astype(np.int64)))

@@ -44,6 +44,32 @@ def test_pad_mode_never_resamples_a_frame_that_fits():
     assert lb.scale_x > 1.0 and lb.content_hw == (377, 1248)   # what letterbox does to the same frame
 
 
+def test_letterboxed_labels_come_back_on_their_own_pixels():
+    """A model that predicts the truth perfectly in its letterboxed input (each input pixel
+    takes the label at its centre) gives back the camera's labels: thin stripes (lane paint,
+    poles) land on their own columns. OpenCV's INTER_NEAREST (floor(x * scale)) moved most
+    columns of a 1242 -> 1248 -> 1242 round trip by one."""
+    import cv2
+
+    truth = np.zeros((375, 1242), np.uint8)
+    for x0 in range(5, 1230, 17):
+        truth[:, x0:x0 + 3] = 1 + (x0 % 3)                     # 3 px stripes of three classes
+    truth[100:103] = 4                                        # and a 3 px row
+    t = make_transform((375, 1242), (384, 1248), "letterbox")
+    ch, cw = t.content_hw
+    ids = np.zeros((384, 1248), np.int32)
+    ys = np.minimum(((np.arange(ch) + 0.5) / t.scale_y).astype(int), 374)
+    xs = np.minimum(((np.arange(cw) + 0.5) / t.scale_x).astype(int), 1241)
+    ids[t.pad_y:t.pad_y + ch, t.pad_x:t.pad_x + cw] = truth[ys[:, None], xs[None, :]]
+    back = semantic_from_output(ids, t, "cam").class_ids
+    stripes = truth > 0
+    iou = (stripes & (back == truth)).sum() / (stripes | (back > 0)).sum()
+    assert iou > 0.98, iou
+    floor_resize = cv2.resize(ids[t.pad_y:t.pad_y + ch, t.pad_x:t.pad_x + cw].astype(np.uint8), (1242, 375),
+                              interpolation=cv2.INTER_NEAREST)
+    assert (stripes & (floor_resize == truth)).sum() / (stripes | (floor_resize > 0)).sum() < 0.9
+
+
 def test_semantic_back_to_camera_resolution():
     src = (300, 600)
     t = make_transform(src, (128, 128), "letterbox")
