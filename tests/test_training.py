@@ -57,6 +57,42 @@ def test_augment_keeps_image_and_labels_aligned(samples):
             assert img[pad].max() == 0
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_augment_keeps_labels_on_their_pixels_to_a_fraction_of_a_pixel(axis):
+    """Stripes 6 px wide, grey 60 on road and 190 on lane paint, scaled, cropped, flipped and
+    jittered: each edge between labels must lie where the image crosses mid-grey (found to a
+    fraction of a pixel on the profile averaged along the stripes). Labels resampled with
+    OpenCV's INTER_NEAREST (floor(x * scale)) sat ~0.5 px off the image."""
+    road, lane = TAX.id("road"), TAX.id("lane_marking")
+    yy, xx = np.mgrid[:150, :300]
+    on = ((xx if axis == 1 else yy) // 6) % 2 == 1
+    sem = np.where(on, lane, road).astype(np.uint8)
+    img = np.repeat(np.where(on, 190, 60).astype(np.uint8)[..., None], 3, axis=2)
+    smp = Sample(img, sem, np.zeros(sem.shape, np.uint16), "stripes")
+    rng = np.random.default_rng(1)
+    offsets = []                # per crop: its edges' mean offset (a flip turns a shift's sign)
+    for _ in range(24):
+        shifts = []
+        out, lab, _ = augment(smp, (96, 160), (0.8, 1.3), rng, TAX.ignore_id)
+        grey = out.astype(np.float32).mean(axis=2)
+        if axis == 0:
+            grey, lab = grey.T, lab.T
+        rows = np.flatnonzero((lab != TAX.ignore_id).all(axis=1))      # lines across the stripes
+        cols = np.flatnonzero((lab[rows] != TAX.ignore_id).all(axis=0))
+        profile, labels = grey[np.ix_(rows, cols)].mean(axis=0), lab[rows[0], cols] == lane
+        d = profile - (np.median(profile[~labels]) + np.median(profile[labels])) / 2
+        i = np.flatnonzero(np.sign(d[:-1]) != np.sign(d[1:]))
+        crossing = i + d[i] / (d[i] - d[i + 1])                         # sub-pixel, pixel-centre coordinates
+        j = np.flatnonzero(labels[:-1] != labels[1:])
+        for edge in j + 0.5:
+            near = crossing[np.abs(crossing - edge) < 2]
+            if len(near) == 1:
+                shifts.append(near[0] - edge)
+        assert len(shifts) >= 8
+        offsets.append(np.mean(shifts))
+    assert np.mean(np.abs(offsets)) < 0.1, offsets
+
+
 def test_maskrcnn_targets_are_tight_boxes_of_their_masks(samples):
     label_of = {TAX.id(n): i + 1 for i, n in enumerate(TAX.thing_names)}
     s = max(samples, key=lambda x: len(np.unique(x.instance)))
