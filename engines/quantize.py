@@ -40,9 +40,12 @@ CALIBRATION_METHODS = ("entropy", "max")
 # Layers of segfuse's own architectures (metadata segfuse.arch) that stay in higher precision by
 # default, found by measuring on held-out drives (docs/models.md): quantizing the lite DeepLab's
 # stride-4 block, whose output is the decoder's finest skip, cost 2.2 points of mIoU (poles -7,
-# pedestrians -5); keeping it (three small convolutions at stride 4) costs 0.1.
+# pedestrians -5); keeping it (three small convolutions at stride 4) costs 0.1. The stage-3
+# model leans on its stride-2 refinement (lane paint): quantizing it cost 1.0 point on the
+# validation drives (lane_marking -3.3), keeping it (three convolutions) 0.2.
 ARCH_KEEP: dict[str, dict[str, list[str]]] = {
-    "deeplabv3plus_mobilenet_v3_small": {"stride-4 block (fine skip)": [r"/model/backbone\.1/"]},
+    "deeplabv3plus_mobilenet_v3_small": {"stride-4 block (fine skip)": [r"/model/backbone\.1/"],
+                                         "stride-2 refinement": [r"/model/squeeze4/", r"/model/refine2/"]},
 }
 QUANTIZED_OPS = ["Conv", "ConvTranspose", "Gemm"]        # not MatMul: the static NMS counts overlaps with it
 

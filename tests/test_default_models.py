@@ -19,8 +19,8 @@ FLOOR_FRAMES = 6
 
 # Floors: well under what the models reach on held-out drives (models/*.md), so a noisy short
 # drive passes, but far above what an untrained or broken model gets (mIoU ~0.03, AP50 0).
-MIN_MIOU = 0.70
-MIN_LANE_IOU = 0.45
+MIN_MIOU = 0.75
+MIN_LANE_IOU = 0.65
 MIN_AP50 = 0.55
 MIN_POINT_ACCURACY = 0.85
 
@@ -63,6 +63,8 @@ def test_int8_keeps_the_default_deeplabs_fine_skip_in_fp32():
     keep = higher_precision_nodes(model, "deeplab")
     fine = keep["stride-4 block (fine skip)"]
     assert fine and all("/model/backbone.1/" in n for n in fine)
+    refine = keep["stride-2 refinement"]
+    assert len(refine) == 3 and all("/model/squeeze4/" in n or "/model/refine2/" in n for n in refine)
     assert any("refine2_logits" in n for n in keep["classifier"]) and any("/classifier/" in n for n in keep["classifier"])
     assert "stride-4 block (fine skip)" not in higher_precision_nodes(model, "deeplab", arch_defaults=False)
 
