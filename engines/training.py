@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline.config import Taxonomy, load_taxonomy
 from pipeline.errors import ConfigError, InputDataError
+from pipeline.preprocess import resize_labels, resize_to_input
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,7 @@ def augment(sample: Sample, crop_hw: tuple[int, int], scale_range: tuple[float, 
     h, w = img.shape[:2]
     nh, nw = max(8, int(round(h * s))), max(8, int(round(w * s)))
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    # labels by pixel-centre nearest, aligned with the image's resampling (INTER_NEAREST's
-    # floor(x * scale) would move them half a pixel against it)
-    sem = cv2.resize(sem, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
-    inst = cv2.resize(inst, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)
+    sem, inst = resize_labels(sem, (nh, nw)), resize_labels(inst, (nh, nw))
     ch, cw = crop_hw
     y0 = int(rng.integers(0, max(nh - ch, 0) + 1))
     x0 = int(rng.integers(0, max(nw - cw, 0) + 1))
@@ -412,11 +410,8 @@ def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *
     ground truth follows with nearest resampling, padding ignored; every ``row_stride``-th row
     is scored. The offsets are added to the model's final bias in place. Returns them with
     mIoU before and after."""
-    import cv2
     import torch
     from tqdm import tqdm
-
-    from pipeline.preprocess import resize_to_input
 
     n = taxonomy.num_classes
     logits, truth = [], []
@@ -428,7 +423,7 @@ def calibrate_class_bias(model, samples: Sequence[Sample], taxonomy: Taxonomy, *
             nh, nw = t.content_hw
             x = normalise(to_tensor_rgb01([img]))
             out = model(x)["out"][0, :, t.pad_y:t.pad_y + nh:row_stride, t.pad_x:t.pad_x + nw]
-            gt = cv2.resize(smp.semantic, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)[::row_stride]
+            gt = resize_labels(smp.semantic, (nh, nw))[::row_stride]
             keep = torch.from_numpy((gt < n).reshape(-1))
             logits.append(out.reshape(n, -1)[:, keep].T.to(torch.float16))
             truth.append(torch.from_numpy(gt.reshape(-1)[keep.numpy()].astype(np.int64)))

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pipeline.errors import EngineError
-from pipeline.preprocess import FrameTransform
+from pipeline.preprocess import FrameTransform, resize_labels
 from pipeline.types import Instances, SemanticMask
 
 IGNORE_ID = 255
@@ -39,8 +39,6 @@ def _apply_lut(ids: np.ndarray, label_lut: np.ndarray | None, ignore_id: int) ->
 def semantic_from_output(class_ids: np.ndarray, transform: FrameTransform, camera_id: str, *,
                          label_lut: np.ndarray | None = None, ignore_id: int = IGNORE_ID) -> SemanticMask:
     """One image's ``class_ids`` ([H, W] or [1, H, W]) -> SemanticMask at camera resolution."""
-    import cv2
-
     ids = np.asarray(class_ids)
     if ids.ndim == 3 and ids.shape[0] == 1:
         ids = ids[0]
@@ -52,10 +50,7 @@ def semantic_from_output(class_ids: np.ndarray, transform: FrameTransform, camer
     mask = _apply_lut(crop, label_lut, ignore_id)
     sh, sw = transform.src_hw
     if (ch, cw) != (sh, sw):
-        # pixel-centre nearest: OpenCV's INTER_NEAREST takes floor(x * scale), which moves the
-        # mask by half a pixel on average (a 1242 -> 1248 -> 1242 round trip moves most columns
-        # by one); on 3-10 px lane paint that cost 11 points of IoU (docs/models.md)
-        mask = cv2.resize(mask, (sw, sh), interpolation=cv2.INTER_NEAREST_EXACT)
+        mask = resize_labels(mask, (sh, sw))
     return SemanticMask(camera_id=camera_id, class_ids=np.ascontiguousarray(mask))
 
 

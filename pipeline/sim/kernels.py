@@ -1,8 +1,8 @@
 """Numba kernels of the renderer: one pass per ray instead of numpy temporaries (compiled
 on first use, cached on disk). They are module-level functions: numba's disk cache cannot
 find kernels defined inside a closure again, so every process recompiled them (~1.7 s)
-before. Each computes exactly what the numpy expression in its docstring computes, in the
-same float32 arithmetic, so a drive's arrays do not depend on which runs."""
+before. Each computes what the numpy code it replaced computed, in the same float32
+arithmetic and order, so drives are bit-identical to those rendered before."""
 from __future__ import annotations
 
 import numpy as np
