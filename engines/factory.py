@@ -25,86 +25,97 @@ YAML (configs/engines/*.yaml, section ``engine`` or the whole file)::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
-from pipeline.config import check_unknown_keys, get_key, load_yaml
+from pipeline.config import get_key, load_yaml, setting
 from pipeline.errors import ConfigError, EngineError
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+KINDS = ("deeplab", "maskrcnn")
+DEVICES = ("cpu", "cuda")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 @dataclass
 class EngineConfig:
-    model: Path
-    kind: str | None = None
-    backend: str = "onnxruntime"
-    precision: str = "fp32"
-    device: str = "cpu"
-    threads: int = 0
-    inter_op_threads: int = 0
-    cache_dir: Path | None = None
-    workspace_mb: int = 2048
-    dla_core: int | None = None
-    cuda_graph: bool = False
-    device_id: int = 0
-    max_batch: int = 1
-    calibration: Path | None = None
-    calibration_frames: int = 500
-    score_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    extra: dict[str, Any] = field(default_factory=dict)
+    """An engine: ``engines.<kind>`` of a run config, or a YAML file of its own (configs/engines/)."""
+
+    model: Path = setting(doc="the model: an ONNX file (either backend) or a TensorRT .engine/.plan")
+    kind: str | None = setting(None, choices=KINDS, doc="deeplab or maskrcnn; null: read from the ONNX's "
+                               "segfuse metadata (the run config sets it from the section's name)")
+    backend: str = setting("onnxruntime", choices=BACKENDS, doc="the inference runtime")
+    precision: str = setting("fp32", choices=PRECISIONS, doc="TensorRT: the precision to build; ONNX Runtime: must "
+                             "match the file (int8 = a Q/DQ model)")
+    device: str = setting("cpu", choices=DEVICES, doc="ONNX Runtime: the execution provider (cuda is checked to be "
+                          "the one the session really uses)")
+    threads: int = setting(0, min=0, doc="ONNX Runtime intra-op threads (0: all cores)")
+    inter_op_threads: int = setting(0, min=0, doc="ONNX Runtime inter-op threads (0: its default)")
+    cache_dir: Path | None = setting(None, doc="TensorRT: where built engines are cached (null: "
+                                     "~/.cache/segfuse/engines)")
+    workspace_mb: int = setting(2048, unit="MiB", min=1, doc="TensorRT: builder workspace limit")
+    dla_core: int | None = setting(None, min=0, doc="TensorRT on Jetson: the DLA core (GPU fallback); needs "
+                                   "backend: tensorrt")
+    cuda_graph: bool = setting(False, doc="TensorRT: capture inference in a CUDA graph and replay it")
+    device_id: int = setting(0, min=0, doc="CUDA device index (either backend on a GPU)")
+    max_batch: int = setting(1, min=1, doc="TensorRT, DeepLab with a dynamic batch: the profile's largest batch")
+    calibration: Path | None = setting(None, doc="TensorRT implicit INT8 builds (< 10.12): a drive or image folder "
+                                       "to calibrate on")
+    calibration_frames: int = setting(500, min=1, doc="TensorRT implicit INT8 builds: frames read for calibration")
+    score_threshold: float = setting(0.5, min=0, max=1, doc="Mask R-CNN only: detections below this score are "
+                                     "dropped")
+    mask_threshold: float = setting(0.5, min=0, max=1, doc="Mask R-CNN only: mask probability above which a pixel "
+                                    "belongs to the instance")
+
+    def check(self, *, path: str | Path | None = None, prefix: str = "") -> None:
+        if self.backend == "onnxruntime" and Path(self.model).suffix in ENGINE_SUFFIXES:
+            raise ConfigError("a TensorRT engine file needs backend: tensorrt", path=path, field=prefix + "model")
+        if self.dla_core is not None and self.backend != "tensorrt":
+            raise ConfigError("dla_core needs backend: tensorrt", path=path, field=prefix + "dla_core")
+        if self.device_id and self.backend == "onnxruntime" and self.device == "cpu":
+            raise ConfigError("device_id picks a GPU: it needs device: cuda or backend: tensorrt", path=path,
+                              field=prefix + "device_id")
 
     def validate(self, path: str | Path | None = None) -> "EngineConfig":
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}", path=path,
-                              field="backend")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-                              path=path, field="precision")
-        if self.kind is not None and self.kind not in ("deeplab", "maskrcnn"):
-            raise ConfigError(f"kind must be deeplab or maskrcnn, got {self.kind!r}", path=path, field="kind")
-        if self.backend == "onnxruntime" and Path(self.model).suffix in ENGINE_SUFFIXES:
-            raise ConfigError("a TensorRT engine file needs backend: tensorrt", path=path, field="model")
-        if self.dla_core is not None and self.backend != "tensorrt":
-            raise ConfigError("dla_core needs backend: tensorrt", path=path, field="dla_core")
-        for name in ("score_threshold", "mask_threshold"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError("must be within 0..1", path=path, field=name)
-        if self.threads < 0 or self.max_batch < 1 or self.workspace_mb < 1:
-            raise ConfigError("threads >= 0, max_batch >= 1 and workspace_mb >= 1", path=path, field="threads")
+        """Re-check values set in code (the YAML path checks them while parsing)."""
+        from pipeline.config import _check_bounds, schema_fields
+
+        for f in schema_fields(EngineConfig):
+            v = getattr(self, f.name)
+            if v is not None:
+                _check_bounds(v, dict(f.metadata), path=path, name=f.name, error=ConfigError)
+        self.check(path=path)
         return self
 
 
-_TYPES: dict[str, Any] = {"model": str, "kind": str, "backend": str, "precision": str, "device": str, "threads": int,
-                          "inter_op_threads": int, "cache_dir": str, "workspace_mb": int, "dla_core": int,
-                          "cuda_graph": bool, "device_id": int, "max_batch": int, "calibration": str,
-                          "calibration_frames": int, "score_threshold": float, "mask_threshold": float}
+MASKRCNN_ONLY = ("score_threshold", "mask_threshold")
 
 
 def engine_config_from_dict(data: dict[str, Any], *, path: str | Path | None = None,
-                            base_dir: Path | None = None) -> EngineConfig:
+                            base_dir: Path | None = None, prefix: str = "") -> EngineConfig:
+    from pipeline.config import parse_section
+
     where = path if path is not None else "<engine config>"
-    check_unknown_keys(data, set(_TYPES), path=where)
-    values: dict[str, Any] = {}
-    for key, kind in _TYPES.items():
-        if key in data and data[key] is not None:
-            values[key] = get_key(data, key, kind, path=where)
-    if "model" not in values:
-        raise ConfigError("required key is missing", path=where, field="model")
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", path=where, field=prefix.rstrip(".") or None)
+    if "model" not in data:
+        raise ConfigError("required key is missing", path=where, field=prefix + "model")
+    if data.get("kind") == "deeplab":
+        for key in MASKRCNN_ONLY:
+            if key in data:
+                raise ConfigError("only Mask R-CNN engines have this key (DeepLab gives class ids, no scores)",
+                                  path=where, field=prefix + key)
+    cfg = parse_section(EngineConfig, data, path=where, prefix=prefix)
     for key in ("model", "cache_dir", "calibration"):
-        if key in values:
-            p = Path(values[key]).expanduser()
-            if not p.is_absolute() and base_dir is not None:
-                p = (base_dir / p).resolve()
-            values[key] = p
-    return EngineConfig(**values).validate(where)
+        p = getattr(cfg, key)
+        if p is not None and not p.is_absolute() and base_dir is not None:
+            setattr(cfg, key, (base_dir / p).resolve())
+    return cfg
 
 
 def load_engine_config(path: str | Path) -> EngineConfig:

@@ -116,6 +116,13 @@ class PreprocessedBatch:
         return {"images": self.images}
 
 
+@dataclass(frozen=True)
+class Batches:
+    """``Preprocess``'s output: one engine batch per model kind (deeplab, maskrcnn)."""
+
+    by_kind: dict[str, PreprocessedBatch]
+
+
 def preprocess_frames(frames: Sequence[CameraFrame | np.ndarray], input_hw: tuple[int, int], *,
                       mode: str = "letterbox", pad_value: int = 0) -> PreprocessedBatch:
     """Frames (CameraFrame or bare BGR images) -> one engine batch."""

@@ -123,7 +123,8 @@ def evaluate_models_cli(args: argparse.Namespace) -> tuple[dict, str]:
 
     cfg, engines = model_engine_configs(args)
     metrics = evaluate_models(args.drive, deeplab=engines.get("deeplab"), maskrcnn=engines.get("maskrcnn"),
-                              frames=args.frames, resize=cfg.engines.resize, mask_threshold=cfg.engines.mask_threshold,
+                              frames=args.frames, resize=cfg.engines.resize,
+                              mask_threshold=engines["maskrcnn"].mask_threshold if "maskrcnn" in engines else 0.5,
                               progress=not args.no_progress)
     table = render_model_table(metrics)
     if args.fusion:
@@ -135,7 +136,7 @@ def evaluate_models_cli(args: argparse.Namespace) -> tuple[dict, str]:
             out = Path(args.out) / Path(drive).name
             run_cfg = replace(cfg.with_overrides(input=str(drive), out=str(out), frames=args.frames),
                               masks="engines", engines=replace(cfg.engines, **engines))
-            run_cfg.overlay = replace(run_cfg.overlay, enabled=False)
+            run_cfg.sinks = replace(run_cfg.sinks, overlay=replace(run_cfg.sinks.overlay, enabled=False))
             summary = run_pipeline(run_cfg, progress=False if args.no_progress else None)
             fused[str(drive)] = evaluate_recording(summary["recording"], drive)
             table += f"\n\nafter fusion, {drive}:\n" + render_table(fused[str(drive)])

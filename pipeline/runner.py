@@ -1,14 +1,15 @@
 """``segfuse run``: build the stages from a run config, run them through the graph, summarise.
 
-Stages (plain callables over a ``pipeline.sync.FrameWork``; the graph runs each on a thread):
+Stages (pipeline/stages.py; typed values, the graph runs each on a thread):
 
-- masks, ``masks: engines``: ``preprocess`` (one batch per model) -> ``infer`` (a Parallel
-  stage: DeepLab and Mask R-CNN on two threads, two sessions) -> ``postprocess``
-  (SemanticMask, Instances -> InstanceMap);
-- masks, ``masks: ground_truth``: ``masks`` takes the drive's ground-truth masks instead (an
-  ORACLE for testing fusion and the runtime, labelled so in every summary and recording);
-- ``fuse``: pipeline.fusion.frame.fuse_frame (ego motion, labels, objects, lanes);
-- ``sinks``: a Parallel stage: the recorder and the overlay video.
+- masks, ``masks: engines``: ``Preprocess`` (SyncedFrame -> Batches) -> ``Infer`` (a Parallel
+  stage: DeepLab and Mask R-CNN on two threads, two sessions -> ModelOutputs) ->
+  ``Postprocess`` (-> Masks);
+- masks, ``masks: ground_truth``: ``GroundTruthMasks`` (SyncedFrame -> Masks) takes the drive's
+  ground-truth masks instead (an ORACLE for testing fusion and the runtime, labelled so in
+  every summary and recording);
+- ``Fuse`` (SyncedFrame, Masks -> FusionResult): ego motion, labels, objects, lanes;
+- sinks (each takes the frozen FrameResult): the recorder, the overlay video, the publisher.
 
 Refused at start, with one clear line: a missing model file, bad calibration, an input that
 cannot be opened, ground-truth masks asked of an input that has none.
@@ -20,133 +21,28 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import ConfigError, EngineError, InputDataError
-from pipeline.run_config import RunConfig
+from pipeline.config import setting
+from pipeline.errors import ConfigError, EngineError
+from pipeline.graph import POLICIES, Policy
+
+if TYPE_CHECKING:
+    from pipeline.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
 ORACLE_LABEL = "ground truth (ORACLE: the drive's ground-truth masks stand in for the models)"
+__all__ = ["POLICIES", "RunOptions", "build_run", "run_pipeline"]
 
 
-# --- Stages ---------------------------------------------------------------------------------
+@dataclass
+class RunOptions(Policy):
+    """``run:`` of a run config: the graph's policy and the runner's own keys."""
 
-class GroundTruthMasks:
-    """The drive's ground-truth masks as the frame's masks (an oracle, not a model)."""
-
-    def __call__(self, work: Any) -> None:
-        from pipeline.fusion.label import InstanceMap
-        from pipeline.types import SemanticMask
-
-        cid = work.camera.camera_id
-        sem, inst = work.truth.get(cid, (None, None))
-        if sem is None:
-            raise InputDataError(f"frame {work.index} has no ground-truth masks (masks: ground_truth)",
-                                 field=f"/gt/{cid}/semantic")
-        work.semantic[cid] = SemanticMask(cid, sem)
-        if inst is not None:
-            work.instance_maps[cid] = InstanceMap.from_id_image(inst, sem)
-        work.truth.clear()
-
-
-class Preprocess:
-    """Camera frames -> one engine batch per model (pipeline.preprocess)."""
-
-    def __init__(self, engines: dict[str, Any], resize: str) -> None:
-        self.engines = engines
-        self.resize = resize
-
-    def __call__(self, work: Any) -> None:
-        from pipeline.preprocess import preprocess_frames
-
-        for kind, engine in self.engines.items():
-            work.batches[kind] = preprocess_frames(work.synced.cameras, engine.input_hw, mode=self.resize)
-
-
-class Infer:
-    """One engine on one batch: ``infer(batch) -> outputs`` (its own session / stream)."""
-
-    def __init__(self, kind: str, engine: Any) -> None:
-        self.kind = kind
-        self.engine = engine
-
-    def __call__(self, work: Any) -> None:
-        work.outputs[self.kind] = self.engine.infer(work.batches[self.kind].feed())
-
-
-class Postprocess:
-    """Engine outputs -> SemanticMask and Instances at camera resolution (pipeline.postprocess)."""
-
-    def __init__(self, taxonomy: Any, score_threshold: float, mask_threshold: float) -> None:
-        self.taxonomy = taxonomy
-        self.score_threshold = score_threshold
-        self.mask_threshold = mask_threshold
-
-    def __call__(self, work: Any) -> None:
-        from pipeline.fusion.label import InstanceMap
-        from pipeline.postprocess import postprocess_batch
-
-        ignore = self.taxonomy.ignore_id
-        if "deeplab" in work.outputs:
-            b = work.batches["deeplab"]
-            for m in postprocess_batch("deeplab", work.outputs["deeplab"], b.transforms, b.camera_ids, ignore_id=ignore):
-                work.semantic[m.camera_id] = m
-        if "maskrcnn" in work.outputs:
-            b = work.batches["maskrcnn"]
-            for inst in postprocess_batch("maskrcnn", work.outputs["maskrcnn"], b.transforms, b.camera_ids,
-                                          score_threshold=self.score_threshold, mask_threshold=self.mask_threshold,
-                                          ignore_id=ignore):
-                work.instances[inst.camera_id] = inst
-                work.instance_maps[inst.camera_id] = InstanceMap.from_instances(inst, min_score=self.score_threshold)
-        work.batches.clear()
-        work.outputs.clear()
-
-
-class Fuse:
-    """Masks + LiDAR sweep -> labelled cloud, objects, lanes (pipeline.fusion.frame.fuse_frame)."""
-
-    def __init__(self, rig: Any, fusion_cfg: Any, taxonomy: Any) -> None:
-        self.rig = rig
-        self.cfg = fusion_cfg
-        self.taxonomy = taxonomy
-
-    def __call__(self, work: Any) -> None:
-        from pipeline.fusion.frame import CameraMasks, Poses, fuse_frame
-
-        if work.synced.lidar is None or self.rig is None:
-            return                                       # camera-only: flagged, masks still recorded
-        masks = []
-        for cam in work.synced.cameras:
-            sem = work.semantic.get(cam.camera_id)
-            masks.append(CameraMasks(cam.camera_id, cam.stamp_ns, None if sem is None else sem.class_ids,
-                                     work.instance_maps.get(cam.camera_id)))
-        poses = None
-        if work.pose_stamps_ns is not None:
-            poses = Poses(work.pose_stamps_ns, work.pose_T_world_from_base)
-        work.fusion = fuse_frame(work.synced.lidar, masks, self.rig, self.cfg, self.taxonomy, poses)
-
-    def warm_up(self, camera_id: str, lidar_id: str | None) -> None:
-        """One small fusion before the first frame: loads the compiled kernels and Open3D, so the
-        first real frame is not seconds late (matters for live latency and for timings)."""
-        from pipeline.fusion.frame import CameraMasks, fuse_frame
-        from pipeline.fusion.label import InstanceMap
-        from pipeline.types import LidarSweep
-
-        if self.rig is None or lidar_id is None:
-            return
-        cam = self.rig.camera(camera_id)
-        rng = np.random.default_rng(0)
-        pts = np.zeros((400, 4), np.float32)
-        pts[:, :3] = rng.uniform((-20, -20, -2), (20, 20, 2), (400, 3))
-        sem = np.zeros((cam.height, cam.width), np.uint8)
-        ids = np.zeros((cam.height, cam.width), np.uint16)
-        ids[: cam.height // 2, : cam.width // 2] = 1
-        sweep = LidarSweep(lidar_id, 0, pts, np.zeros(400, np.int64))
-        fuse_frame(sweep, [CameraMasks(camera_id, 0, sem, InstanceMap.from_id_image(ids, sem))], self.rig, self.cfg,
-                   self.taxonomy, None)
+    progress: bool = setting(True, doc="a progress bar on the terminal")
 
 
 # --- Building a run -------------------------------------------------------------------------
@@ -161,9 +57,9 @@ def open_engine(engine_cfg: Any, kind: str, *, config_path: str) -> Any:
         raise ConfigError("no engine config", path=config_path, field=f"engines.{kind}")
     model = Path(engine_cfg.model)
     if not model.is_file():
-        raise EngineError(f"model file {model} not found (the trained default models are not committed yet: use "
-                          "masks: ground_truth on a drive with ground truth, or export a model with 'segfuse "
-                          "engines export')", path=config_path, field=field)
+        raise EngineError(f"model file {model} not found (the committed defaults are in models/; export your own "
+                          "checkpoint with 'segfuse engines export', or use masks: ground_truth on a drive with "
+                          "ground truth)", path=config_path, field=field)
     engine = create_engine(engine_cfg)
     if engine.kind != kind:
         engine.close()
@@ -176,35 +72,68 @@ class Run:
     cfg: RunConfig
     opened: Any                       # pipeline.sources.OpenedSources
     graph: Any                        # pipeline.graph.Graph
-    sync: Any
-    recorder: Any = None
-    overlay: Any = None
+    sync: Any                         # pipeline.sync.Synchronizer
+    sinks: list[Any] = field(default_factory=list)    # each with write(FrameResult), close(), abort()
+    recorder: Any = None              # pipeline.sinks.recorder.Recorder (also in sinks)
+    overlay: Any = None               # pipeline.sinks.overlay.OverlayVideo
+    publisher: Any = None             # pipeline.sinks.publisher.ZenohPublisher
     engines: dict[str, Any] = field(default_factory=dict)
     masks_label: str = ""
     out: Path = Path(".")
     warm: list[Any] = field(default_factory=list)     # called once before the first frame
-    publisher: Any = None                             # pipeline.sinks.publisher.ZenohPublisher (sinks.publisher)
 
     def close_engines(self) -> None:
         for e in self.engines.values():
             e.close()
 
 
+def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, Any]) -> tuple[list[Any], list[Any], str]:
+    """The processing stages for ``cfg.masks`` (opening the engines into ``engines``), the
+    warm-up callables, and the mask provider's label."""
+    from pipeline.fusion.frame import FusionResult
+    from pipeline.graph import Parallel, Stage
+    from pipeline.preprocess import Batches
+    from pipeline.stages import (Fuse, GroundTruthMasks, Infer, Postprocess, Preprocess, masks_label,
+                                 model_input_hw)
+    from pipeline.types import Masks, ModelOutput, ModelOutputs, SyncedFrame
+
+    stages: list[Any] = []
+    if cfg.masks == "engines":
+        for kind in ("deeplab", "maskrcnn"):
+            engines[kind] = open_engine(getattr(cfg.engines, kind), kind, config_path=cfg.path)
+        m = cfg.engines.maskrcnn
+        stages += [Stage("preprocess", Preprocess(model_input_hw(engines), cfg.engines.resize), (SyncedFrame,), Batches),
+                   Parallel("infer", [Stage(k, Infer(k, e), (Batches,), ModelOutput) for k, e in engines.items()],
+                            ModelOutputs, ModelOutputs.join),
+                   Stage("postprocess", Postprocess(taxonomy, m.score_threshold, m.mask_threshold),
+                         (Batches, ModelOutputs), Masks)]
+        label = masks_label(cfg.engines)
+    else:
+        stages.append(Stage("masks", GroundTruthMasks(), (SyncedFrame,), Masks))
+        label = ORACLE_LABEL
+    fuse = Fuse(opened.rig, cfg.fusion, taxonomy)
+    stages.append(Stage("fuse", fuse, (SyncedFrame, Masks), FusionResult, optional=True))
+    warm = [lambda: fuse.warm_up(opened.camera_id, opened.lidar_id)]
+    for e in engines.values():
+        warm.append(lambda e=e: _warm_engine(e))
+    return stages, warm, label
+
+
 def build_run(cfg: RunConfig) -> Run:
     """Open the input, the models and the sinks; wire the stages. Everything that can be refused
     is refused here, before a frame is read."""
     from pipeline.config import load_taxonomy
-    from pipeline.fusion.config import FusionConfig
-    from pipeline.graph import Graph, Parallel, Policy, Stage
+    from pipeline.graph import Graph, Stage
     from pipeline.sinks.overlay import OverlayVideo
     from pipeline.sinks.recorder import Recorder
     from pipeline.sources import open_sources
     from pipeline.sync import Synchronizer
+    from pipeline.types import FrameResult
 
     taxonomy = load_taxonomy()
-    fusion_cfg = FusionConfig.from_dict(cfg.fusion, path=cfg.path)
     opened = open_sources(cfg.input, config_path=cfg.path, want_truth=cfg.masks == "ground_truth")
     engines: dict[str, Any] = {}
+    sinks: list[Any] = []
     recorder = overlay = publisher = None
     try:
         main = opened.sources[0]
@@ -212,69 +141,49 @@ def build_run(cfg: RunConfig) -> Run:
             raise ConfigError(f"masks: ground_truth needs an input with ground-truth masks (/gt/<camera>/semantic); "
                               f"{main.info.name} has none: set masks: engines", path=cfg.path, field="masks")
         live_input = any(s.info.live for s in opened.sources)
-        if live_input and cfg.policy == "replay":
+        if live_input and cfg.run.policy == "replay":
             log.warning("a live input (%s) with the replay policy: frames queue up behind a slow stage; "
                         "run.policy: live keeps latency bounded", main.info.uri)
-        stages: list[Any] = []
-        if cfg.masks == "engines":
-            for kind in ("deeplab", "maskrcnn"):
-                engines[kind] = open_engine(getattr(cfg.engines, kind), kind, config_path=cfg.path)
-            stages += [Stage("preprocess", Preprocess(engines, cfg.engines.resize)),
-                       Parallel("infer", [Stage(k, Infer(k, e)) for k, e in engines.items()]),
-                       Stage("postprocess", Postprocess(taxonomy, cfg.engines.score_threshold,
-                                                        cfg.engines.mask_threshold))]
-            masks_label = (f"DeepLab ({Path(cfg.engines.deeplab.model).name}, {cfg.engines.deeplab.backend}) + "
-                           f"Mask R-CNN ({Path(cfg.engines.maskrcnn.model).name}, {cfg.engines.maskrcnn.backend})")
-        else:
-            stages.append(Stage("masks", GroundTruthMasks()))
-            masks_label = ORACLE_LABEL
-        fuse = Fuse(opened.rig, fusion_cfg, taxonomy)
-        stages.append(Stage("fuse", fuse))
-        warm = [lambda: fuse.warm_up(opened.camera_id, opened.lidar_id)]
-        for e in engines.values():
-            warm.append(lambda e=e: _warm_engine(e))
+        stages, warm, label = build_stages(cfg, opened, taxonomy, engines)
 
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
-        sinks = []
-        if cfg.recorder.enabled:
-            run_info = {"masks": cfg.masks, "masks_label": masks_label, "oracle": cfg.masks == "ground_truth",
-                        "input": main.info.name, "policy": cfg.policy, "config": Path(cfg.path).name,
+        sink_stages = []
+        sc = cfg.sinks
+        if sc.recorder.enabled:
+            run_info = {"masks": cfg.masks, "masks_label": label, "oracle": cfg.masks == "ground_truth",
+                        "input": main.info.name, "policy": cfg.run.policy, "config": Path(cfg.path).name,
                         "taxonomy": list(taxonomy.names), "camera": opened.camera_id, "lidar": opened.lidar_id}
             recorder = Recorder(out, opened.rig, taxonomy, camera_id=opened.camera_id, lidar_id=opened.lidar_id,
-                                run_info=run_info, compression=cfg.recorder.compression,
-                                camera_image=cfg.recorder.camera_image)
-            sinks.append(Stage("record", recorder.write))
-        if cfg.overlay.enabled:
-            fps = cfg.overlay.fps or main.info.rate_hz or 10.0
+                                run_info=run_info, compression=sc.recorder.compression,
+                                camera_image=sc.recorder.camera_image)
+            sinks.append(recorder)
+            sink_stages.append(Stage("record", recorder.write, (FrameResult,)))
+        if sc.overlay.enabled:
+            fps = sc.overlay.fps or main.info.rate_hz or 10.0
             overlay = OverlayVideo(out, opened.rig, taxonomy, camera_id=opened.camera_id, fps=fps,
                                    masks_label="ground truth (ORACLE)" if cfg.masks == "ground_truth" else "models",
-                                   mask_alpha=cfg.overlay.mask_alpha)
-            sinks.append(Stage("overlay", overlay.write))
-        if cfg.publisher is not None and cfg.publisher.enabled:
+                                   mask_alpha=sc.overlay.mask_alpha)
+            sinks.append(overlay)
+            sink_stages.append(Stage("overlay", overlay.write, (FrameResult,)))
+        if sc.publisher.enabled:
             from pipeline.sinks.publisher import ZenohPublisher
 
-            publisher = ZenohPublisher(cfg.publisher, opened.rig, taxonomy, camera_id=opened.camera_id,
+            publisher = ZenohPublisher(sc.publisher, opened.rig, taxonomy, camera_id=opened.camera_id,
                                        lidar_id=opened.lidar_id)
-            sinks.append(Stage("publish", publisher.write))
-        if len(sinks) > 1:
-            stages.append(Parallel("sinks", sinks))
-        elif sinks:
-            stages.append(sinks[0])
+            sinks.append(publisher)
+            sink_stages.append(Stage("publish", publisher.write, (FrameResult,)))
         sync = Synchronizer(cfg.sync, has_lidar=opened.lidar_id is not None,
-                            has_poses=any(s.info.has_poses for s in opened.sources), live=cfg.policy == "live")
-        graph = Graph(opened.sources, sync, stages, Policy(cfg.policy, cfg.rate, cfg.queue_depth, cfg.frames))
-        if publisher is not None:
-            publisher.dropped_fn = lambda: graph.stats.dropped
+                            has_poses=any(s.info.has_poses for s in opened.sources), live=cfg.run.policy == "live")
+        graph = Graph(opened.sources, sync, stages, cfg.run, sinks=sink_stages)
     except BaseException:
-        for sink in (recorder, overlay, publisher):
-            if sink is not None:
-                sink.abort()
+        for sink in sinks:
+            sink.abort()
         for e in engines.values():
             e.close()
         opened.close()
         raise
-    return Run(cfg, opened, graph, sync, recorder, overlay, engines, masks_label, out, warm, publisher)
+    return Run(cfg, opened, graph, sync, sinks, recorder, overlay, publisher, engines, label, out, warm)
 
 
 def _warm_engine(engine: Any) -> None:
@@ -300,13 +209,13 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
     for stage in run.warm:
         stage()
     log.debug("warm-up %.2f s", time.monotonic() - t_warm)
-    show = cfg.progress if progress is None else progress
+    show = cfg.run.progress if progress is None else progress
     info = run.opened.sources[0].info
-    total = cfg.frames if cfg.frames else info.num_frames
+    total = cfg.run.frames if cfg.run.frames else info.num_frames
     t0 = time.monotonic()
     error: BaseException | None = None
     with graph.stop_on_signals(), tqdm(total=total, desc="segfuse run", unit="frame", disable=not show,
-                               dynamic_ncols=True) as bar:
+                                       dynamic_ncols=True) as bar:
         graph.start()
         try:
             while not graph.wait(0.25):
@@ -316,11 +225,11 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
             graph.wait()
         _progress(bar, graph, t0)
         error = graph.error
+    recording = video = None
     try:
         if error is not None:
-            for sink in (run.recorder, run.overlay):
-                if sink is not None:
-                    sink.abort()
+            for sink in run.sinks:
+                sink.abort()
             raise error
         recording = run.recorder.close() if run.recorder is not None else None
         video = run.overlay.close() if run.overlay is not None else None
@@ -370,7 +279,7 @@ def make_summary(run: Run, seconds: float, recording: Path | None, video: Path |
     cfg = run.cfg
     return {
         "input": run.opened.sources[0].info.name, "uri": run.opened.sources[0].info.uri,
-        "policy": cfg.policy, "rate": cfg.rate, "masks": cfg.masks, "masks_label": run.masks_label,
+        "policy": cfg.run.policy, "rate": cfg.run.rate, "masks": cfg.masks, "masks_label": run.masks_label,
         "oracle": cfg.masks == "ground_truth",
         "frames": {"in": g.frames_in, "accepted": g.accepted, "done": g.done, "dropped": g.dropped,
                    "failed": dict(g.failed), "recorded": run.recorder.frames if run.recorder else None,
@@ -384,6 +293,8 @@ def make_summary(run: Run, seconds: float, recording: Path | None, video: Path |
         "latency_ms": _pct([v / 1e6 for v in g.latency_ns]),
         "stages_ms": stage_times_ms(run.graph.stage_traces),
         "max_in_flight": g.max_in_flight, "capacity": run.graph.capacity,
+        "published": ({"frames": run.publisher.frames, "samples": run.publisher.samples,
+                       "errors": run.publisher.errors} if run.publisher is not None else None),
         "out": str(run.out), "recording": str(recording) if recording else None,
         "overlay": str(video) if video else None,
     }

@@ -15,48 +15,34 @@ A sweep no camera frame took is counted as unused. Plain class, no threads: the 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.run_config import SyncConfig
+from pipeline.config import setting
 from pipeline.sources.base import CameraInput, LidarInput, PoseInput
-from pipeline.types import FrameTrace, Instances, SemanticMask, SyncedFrame
+from pipeline.types import MaskTruth, Poses, SyncedFrame
 
 MAX_BUFFERED_SWEEPS = 32
 POSE_KEEP_NS = 2_000_000_000          # poses kept before the oldest stamp still in play
 
 
 @dataclass
-class FrameWork:
-    """One synced frame on its way through the stages; each stage fills its part."""
+class SyncConfig:
+    """``sync:`` of a run config."""
 
-    synced: SyncedFrame
-    received_ns: int                                     # monotonic clock when the source produced the image
-    pose_stamps_ns: np.ndarray | None = None             # (M,) ego poses covering the sweep (None: unknown)
-    pose_T_world_from_base: np.ndarray | None = None     # (M, 4, 4)
-    truth: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = field(default_factory=dict)  # cam: (sem, inst)
-    semantic: dict[str, SemanticMask] = field(default_factory=dict)
-    instances: dict[str, Instances] = field(default_factory=dict)
-    instance_maps: dict[str, Any] = field(default_factory=dict)   # cam: pipeline.fusion.label.InstanceMap
-    batches: dict[str, Any] = field(default_factory=dict)         # model kind: preprocess.PreprocessedBatch
-    outputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # model kind: engine outputs
-    fusion: Any = None                                   # pipeline.fusion.frame.FusionResult
-    camera_seq: int = 0
-    source_span_ns: tuple[int, int] | None = None        # monotonic (start, end) of reading the image
-
-    @property
-    def index(self) -> int:
-        return self.synced.frame_index
-
-    @property
-    def camera(self):
-        return self.synced.cameras[0]
-
-    @property
-    def lidar_missing(self) -> bool:
-        return self.synced.lidar is None
+    tolerance_ms: float = setting(20.0, unit="ms", min=0, doc="largest |camera time - LiDAR time| (after offsets) "
+                                  "that still pairs")
+    camera_offset_ms: float = setting(0.0, unit="ms", doc="added to every camera stamp")
+    lidar_offset_ms: float = setting(0.0, unit="ms", doc="added to every LiDAR sweep stamp (e.g. half a sweep when "
+                                     "stamps are sweep starts)")
+    offsets_ms: dict[str, float] = setting(factory=dict, unit="ms", doc="per sensor id: its offset, instead of the "
+                                           "two above")
+    lidar_timeout_ms: float = setting(150.0, unit="ms", min=0, doc="live: how long a camera frame waits for its "
+                                      "sweep before it goes camera-only")
+    use_poses: bool = setting(True, doc="attach the ego poses covering each sweep (ego-motion compensation needs "
+                              "them)")
 
 
 @dataclass
@@ -83,7 +69,7 @@ class Synchronizer:
         self.tol_ns = int(round(cfg.tolerance_ms * 1e6))
         self.timeout_ns = int(round(cfg.lidar_timeout_ms * 1e6))
         self.stats = SyncStats()
-        self._cameras: deque[tuple[CameraInput, int]] = deque()
+        self._cameras: deque[tuple[CameraInput, int, Any]] = deque()
         self._sweeps: list[tuple[int, LidarInput]] = []        # (shifted stamp, sweep), arrival order
         self._max_sweep_ns: int | None = None
         self._last_target_ns: int | None = None
@@ -96,10 +82,12 @@ class Synchronizer:
         return int(round(self.cfg.offsets_ms.get(sensor_id, default_ms) * 1e6))
 
     # -- input -----------------------------------------------------------------------------
-    def push(self, item: CameraInput | LidarInput | PoseInput, now_ns: int = 0) -> list[FrameWork]:
+    def push(self, item: CameraInput | LidarInput | PoseInput, now_ns: int = 0,
+             token: Any = None) -> list[tuple[SyncedFrame, Any]]:
+        """One input; returns the frames now decided, each with the ``token`` its camera came with."""
         if isinstance(item, CameraInput):
             self.stats.cameras_in += 1
-            self._cameras.append((item, now_ns))
+            self._cameras.append((item, now_ns, token))
         elif isinstance(item, LidarInput):
             self.stats.sweeps_in += 1
             shifted = item.stamp_ns + self.offset_ns(item.sweep.lidar_id, self.cfg.lidar_offset_ms)
@@ -114,11 +102,11 @@ class Synchronizer:
             raise TypeError(f"sync takes CameraInput, LidarInput or PoseInput, got {type(item).__name__}")
         return self._resolve(now_ns, flush=False)
 
-    def poll(self, now_ns: int) -> list[FrameWork]:
+    def poll(self, now_ns: int) -> list[tuple[SyncedFrame, Any]]:
         """Live: let frames whose LiDAR (or poses) timed out go."""
         return self._resolve(now_ns, flush=False) if self.live else []
 
-    def flush(self) -> list[FrameWork]:
+    def flush(self) -> list[tuple[SyncedFrame, Any]]:
         """The sources ended (or the run stops): decide every waiting frame with what is here."""
         out = self._resolve(0, flush=True)
         self.stats.sweeps_unused += len(self._sweeps)
@@ -163,12 +151,12 @@ class Synchronizer:
             return best_dt <= ahead, best
         return ahead > self.tol_ns, None
 
-    def _resolve(self, now_ns: int, *, flush: bool) -> list[FrameWork]:
+    def _resolve(self, now_ns: int, *, flush: bool) -> list[tuple[SyncedFrame, Any]]:
         from pipeline.drive.common import pose_window_ns
 
-        out: list[FrameWork] = []
+        out: list[tuple[SyncedFrame, Any]] = []
         while self._cameras:
-            cam, arrived_ns = self._cameras[0]
+            cam, arrived_ns, token = self._cameras[0]
             target = cam.stamp_ns + self.offset_ns(cam.frame.camera_id, self.cfg.camera_offset_ms)
             timed_out = self.live and now_ns - arrived_ns >= self.timeout_ns
             decided, idx = self._match(target)
@@ -194,14 +182,14 @@ class Synchronizer:
                 if self.has_lidar:
                     self.stats.lidar_missed += 1
             self._last_target_ns = target
-            out.append(self._frame(cam, sweep, window))
+            out.append((self._frame(cam, sweep, window), token))
         self._prune()
         return out
 
-    def _frame(self, cam: CameraInput, sweep: LidarInput | None, window: tuple[int, int] | None) -> FrameWork:
+    def _frame(self, cam: CameraInput, sweep: LidarInput | None, window: tuple[int, int] | None) -> SyncedFrame:
         index = self._emitted
         self._emitted += 1
-        stamps = Ts = pose = None
+        poses = pose = None
         if window is not None and self._pose_stamps:
             lo = int(np.searchsorted(self._pose_stamps, window[0], side="left"))
             hi = int(np.searchsorted(self._pose_stamps, window[1], side="right"))
@@ -209,13 +197,12 @@ class Synchronizer:
                 stamps = np.array(self._pose_stamps[lo:hi], np.int64)
                 Ts = np.stack(self._pose_T[lo:hi])
                 pose = Ts[int(np.argmin(np.abs(stamps - cam.stamp_ns)))]
-        synced = SyncedFrame(frame_index=index, cameras=[cam.frame], lidar=sweep.sweep if sweep else None,
-                             T_world_from_base=pose, trace=FrameTrace(index, cam.stamp_ns))
+                poses = Poses(stamps, Ts)
         truth = {}
         if cam.semantic_truth is not None or cam.instance_truth is not None:
-            truth[cam.frame.camera_id] = (cam.semantic_truth, cam.instance_truth)
-        return FrameWork(synced, cam.received_ns, stamps, Ts, truth, camera_seq=cam.seq,
-                         source_span_ns=cam.source_span_ns)
+            truth[cam.frame.camera_id] = MaskTruth(cam.semantic_truth, cam.instance_truth)
+        return SyncedFrame(frame_index=index, cameras=[cam.frame], lidar=sweep.sweep if sweep else None,
+                           T_world_from_base=pose, poses=poses, truth=truth, camera_seq=cam.seq)
 
     def _prune(self) -> None:
         # Sweeps no future camera frame can take: cameras come in stamp order.
@@ -229,7 +216,7 @@ class Synchronizer:
             self.stats.sweeps_unused += len(self._sweeps) - len(keep)
             self._sweeps = keep
         if self._pose_stamps:
-            live = [s.stamp_ns for _, s in self._sweeps] + [c.stamp_ns for c, _ in self._cameras]
+            live = [s.stamp_ns for _, s in self._sweeps] + [c.stamp_ns for c, _, _ in self._cameras]
             oldest = min(live) if live else self._pose_stamps[-1]
             cut = int(np.searchsorted(self._pose_stamps, oldest - POSE_KEEP_NS, side="left"))
             if cut:

@@ -8,8 +8,12 @@ Leaf module: imports only numpy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:                          # annotations only: this module imports nothing of ours
+    from pipeline.fusion.label import InstanceMap
 
 NO_INSTANCE = -1          # instance_id of points/pixels that belong to no instance (FusedCloud)
 NO_CAMERA = -1            # camera index of points outside every camera
@@ -43,13 +47,41 @@ class FrameTrace:
     stages: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Poses:
+    """Ego poses ``T_world_from_base`` at ``stamps_ns`` (sorted), e.g. those covering one sweep."""
+
+    stamps_ns: np.ndarray                  # (M,) int64
+    T_world_from_base: np.ndarray          # (M, 4, 4) float64
+
+
+@dataclass(frozen=True)
+class MaskTruth:
+    """A camera frame's ground-truth masks, from drives that have them (``segfuse sim``)."""
+
+    semantic: np.ndarray | None            # (H, W) uint8 class ids
+    instance_ids: np.ndarray | None        # (H, W) uint16 instance ids, 0 = none
+
+
+@dataclass(frozen=True)
 class SyncedFrame:
+    """The sync's output: the camera frames of one instant with the LiDAR sweep paired to them."""
+
     frame_index: int
     cameras: list[CameraFrame]
     lidar: LidarSweep | None               # None: LiDAR late or missing (flagged downstream)
     T_world_from_base: np.ndarray | None = None   # ego pose at the camera stamp, if known
-    trace: FrameTrace | None = None
+    poses: Poses | None = None             # the ego poses covering the sweep and the exposure
+    truth: dict[str, MaskTruth] = field(default_factory=dict)    # camera id -> ground truth, if any
+    camera_seq: int = 0                    # index of the (first) camera image in its source
+
+    @property
+    def camera(self) -> CameraFrame:
+        return self.cameras[0]
+
+    @property
+    def stamp_ns(self) -> int:
+        return int(self.cameras[0].stamp_ns)
 
 
 @dataclass
@@ -68,6 +100,34 @@ class Instances:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
+
+
+@dataclass(frozen=True)
+class Masks:
+    """One frame's masks per camera id: from the models (Postprocess) or the ground truth."""
+
+    semantic: dict[str, SemanticMask] = field(default_factory=dict)
+    instances: dict[str, Instances] = field(default_factory=dict)          # the detections (models only)
+    instance_maps: dict[str, "InstanceMap"] = field(default_factory=dict)  # per-pixel ids fusion reads
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """One engine's raw outputs for one batch (``Infer``)."""
+
+    kind: str                              # deeplab | maskrcnn
+    outputs: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """Every engine's outputs for one frame: the join of the parallel ``Infer`` branches."""
+
+    by_kind: dict[str, dict[str, np.ndarray]]
+
+    @staticmethod
+    def join(parts: list[ModelOutput]) -> "ModelOutputs":
+        return ModelOutputs({p.kind: p.outputs for p in parts})
 
 
 # Per-point flags of a FusedCloud.
@@ -107,6 +167,51 @@ class LaneLine:
     x_max_m: float
     type: str                              # "solid" | "dashed" | "unknown"
     confidence: float
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """``Fuse``'s output (pipeline.fusion.frame.fuse_frame): the labelled cloud and what came of it."""
+
+    cloud: FusedCloud
+    objects: list[Object3D]
+    lanes: list[LaneLine]
+    points_base: np.ndarray          # (N, 3) base frame, at the first camera's time when compensated
+    ego_motion_applied: bool
+    max_motion_m: float              # largest shift ego-motion compensation applied to a point
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The run's counters when a result was made (the graph's, handed to sinks)."""
+
+    done: int = 0                          # frames through every stage before this one
+    dropped: int = 0                       # live: older frames dropped for newer ones
+    failed: int = 0                        # frames dropped on an input or engine error
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """What every sink gets: one frame's inputs and results, frozen. Made by the graph."""
+
+    index: int
+    frame: SyncedFrame
+    masks: Masks
+    fusion: FusionResult | None            # None: camera-only (LiDAR late or missing) or no rig
+    received_ns: int                       # monotonic clock when the source produced the image (0: unknown)
+    counters: Counters = Counters()
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.frame.stamp_ns
+
+    @property
+    def camera(self) -> CameraFrame:
+        return self.frame.cameras[0]
+
+    @property
+    def lidar_missing(self) -> bool:
+        return self.frame.lidar is None
 
 
 # --- Ground truth written by the synthetic world -------------------------------------------

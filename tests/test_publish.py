@@ -98,13 +98,13 @@ def test_publisher_config_is_off_by_default_and_errors_name_the_key(tmp_path):
     from pipeline.run_config import parse_run_config
     from pipeline.sinks.publisher import publisher_config_from_dict
 
-    assert parse_run_config({}).publisher.enabled is False
+    assert parse_run_config({"masks": "ground_truth"}).sinks.publisher.enabled is False
     cfg = publisher_config_from_dict({"enabled": True, "connect": ["tcp/127.0.0.1:7447"], "qos": "reliable"})
     assert cfg.mode == "peer" and cfg.qos == "reliable" and cfg.shared_memory is False
     for bad, key in (({"mode": "broker"}, "mode"), ({"qos": "fast"}, "qos"), ({"connect": ["localhost"]}, "connect"),
                      ({"domain_id": 999}, "domain_id"), ({"bogus": 1}, "bogus")):
         with pytest.raises(ConfigError) as e:
-            parse_run_config({"sinks": {"publisher": bad}}, tmp_path / "run.yaml")
+            parse_run_config({"masks": "ground_truth", "sinks": {"publisher": bad}}, tmp_path / "run.yaml")
         assert f"sinks.publisher.{key}" in str(e.value)
 
 

@@ -65,7 +65,7 @@ def _config(tmp_path: Path, drive: Path, deeplab: Path, maskrcnn: Path) -> Path:
     cfg["masks"] = "engines"                                  # the two-line switch of demo.yaml
     cfg["engines"]["deeplab"]["model"] = str(deeplab)
     cfg["engines"]["maskrcnn"]["model"] = str(maskrcnn)
-    cfg["engines"]["score_threshold"] = 0.05                  # random weights: low scores
+    cfg["engines"]["maskrcnn"]["score_threshold"] = 0.05      # random weights: low scores
     path = tmp_path / "engines.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

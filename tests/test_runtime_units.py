@@ -2,13 +2,15 @@
 failure and shutdown handling, camera-only sources (image folder, video file)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError, InputDataError
-from pipeline.run_config import SyncConfig, load_run_config, parse_run_config
+from pipeline.run_config import load_run_config, parse_run_config
+from pipeline.sync import SyncConfig
 from pipeline.sources.base import CameraInput, LidarInput, PoseInput
 from pipeline.sources.uri import parse_uri
 from pipeline.sync import Synchronizer
@@ -41,12 +43,23 @@ def test_sync_pairs_with_offsets_and_counts_a_missing_sweep():
             out += sync.push(sweep(i, i * 100 * MS))
         out += sync.push(cam(i, i * 100 * MS + 50 * MS))
     out += sync.flush()
-    assert [w.camera_seq for w in out] == [0, 1, 2, 3, 4]
-    assert [w.synced.lidar is None for w in out] == [False, False, True, False, False]
-    assert [w.synced.lidar.stamp_ns // MS for w in out if w.synced.lidar] == [0, 100, 300, 400]
+    frames = [f for f, _ in out]
+    assert [f.camera_seq for f in frames] == [0, 1, 2, 3, 4]
+    assert [f.lidar is None for f in frames] == [False, False, True, False, False]
+    assert [f.lidar.stamp_ns // MS for f in frames if f.lidar] == [0, 100, 300, 400]
     s = sync.stats
     assert (s.paired, s.camera_only, s.lidar_missed, s.sweeps_unused, s.max_pair_dt_ns) == (4, 1, 1, 0, 0)
-    assert [w.index for w in out] == [0, 1, 2, 3, 4]
+    assert [f.frame_index for f in frames] == [0, 1, 2, 3, 4]
+
+
+def test_sync_hands_each_frame_back_with_the_token_its_camera_came_with():
+    sync = Synchronizer(SyncConfig(tolerance_ms=20), has_lidar=True, has_poses=False, live=False)
+    out = sync.push(sweep(0, 0))
+    out += sync.push(cam(0, 5 * MS), 0, "first")
+    out += sync.push(sweep(1, 100 * MS))
+    out += sync.push(cam(1, 100 * MS), 0, "second")
+    out += sync.flush()
+    assert [(f.camera_seq, t) for f, t in out] == [(0, "first"), (1, "second")]
 
 
 def test_sync_replay_waits_for_data_while_live_gives_up_after_the_timeout():
@@ -54,14 +67,14 @@ def test_sync_replay_waits_for_data_while_live_gives_up_after_the_timeout():
     replay = Synchronizer(cfg, has_lidar=True, has_poses=False, live=False)
     assert replay.push(cam(0, 1000 * MS), now_ns=0) == []
     assert replay.poll(now_ns=10_000 * MS) == []         # replay never gives up on the clock
-    (w,) = replay.push(sweep(0, 1010 * MS))              # a sweep past the frame decides it at once
-    assert w.synced.lidar.stamp_ns == 1010 * MS
+    ((w, _),) = replay.push(sweep(0, 1010 * MS))         # a sweep past the frame decides it at once
+    assert w.lidar.stamp_ns == 1010 * MS
 
     live = Synchronizer(cfg, has_lidar=True, has_poses=False, live=True)
     assert live.push(cam(0, 1000 * MS), now_ns=0) == []
     assert live.poll(now_ns=100 * MS) == []              # still within the timeout
-    (w,) = live.poll(now_ns=151 * MS)
-    assert w.lidar_missing and live.stats.lidar_missed == 1
+    ((w, _),) = live.poll(now_ns=151 * MS)
+    assert w.lidar is None and live.stats.lidar_missed == 1
     assert live.push(sweep(0, 1005 * MS), now_ns=160 * MS) == []   # the late sweep: nobody takes it
     live.push(cam(1, 1100 * MS), now_ns=170 * MS)
     live.flush()
@@ -73,8 +86,8 @@ def test_sync_waits_for_a_nearer_sweep_and_per_sensor_offsets_win():
                         has_poses=False, live=False)
     sync.push(sweep(0, 0))                               # shifted 50 ms: 20 ms from the frame at 70
     assert sync.push(cam(0, 70 * MS)) == []              # a later sweep might be nearer
-    (w,) = sync.push(sweep(1, 30 * MS))                  # shifted 80 ms: 10 ms away, and nothing can beat it
-    assert w.synced.lidar.stamp_ns == 30 * MS
+    ((w, _),) = sync.push(sweep(1, 30 * MS))             # shifted 80 ms: 10 ms away, and nothing can beat it
+    assert w.lidar.stamp_ns == 30 * MS
     sync.flush()
     assert sync.stats.sweeps_unused == 1
 
@@ -85,9 +98,9 @@ def test_sync_attaches_the_poses_of_the_sweep_once_they_are_complete():
     sync.push(sweep(0, 0))
     assert sync.push(cam(0, 50 * MS)) == []              # needs poses up to sweep end + margin (110 ms)
     assert sync.push(poses([60, 70, 80, 90, 100])) == []
-    (w,) = sync.push(poses([110, 120]))
-    assert w.pose_stamps_ns.tolist() == [s * MS for s in range(0, 111, 10)]
-    assert np.allclose(w.synced.T_world_from_base, np.eye(4))
+    ((w, _),) = sync.push(poses([110, 120]))
+    assert w.poses.stamps_ns.tolist() == [s * MS for s in range(0, 111, 10)]
+    assert np.allclose(w.T_world_from_base, np.eye(4))
 
 
 # --- URIs and config ------------------------------------------------------------------------------
@@ -122,7 +135,7 @@ def test_shipped_configs_load():
     demo = load_run_config(REPO / "configs" / "demo.yaml")
     assert demo.masks == "engines" and demo.engines.deeplab.model.name.endswith(".onnx")
     jetson = load_run_config(REPO / "configs" / "jetson_trt.yaml")
-    assert jetson.policy == "live" and jetson.engines.maskrcnn.backend == "tensorrt"
+    assert jetson.run.policy == "live" and jetson.engines.maskrcnn.backend == "tensorrt"
 
 
 @pytest.mark.parametrize("data, field", [
@@ -156,13 +169,24 @@ def _image_folder(path: Path, n: int, bad: tuple[int, ...] = ()) -> Path:
     return path
 
 
-def _graph(folder: Path, stages, mode: str = "replay", **policy):
+def _graph(folder: Path, stages, mode: str = "replay", sinks=(), **policy):
     from pipeline.graph import Graph, Policy
     from pipeline.sources.camera import OpenCVCameraSource
 
     src = OpenCVCameraSource(parse_uri(str(folder)), camera_id="cam", fps=10)
     sync = Synchronizer(SyncConfig(), has_lidar=False, has_poses=False, live=mode == "live")
-    return src, Graph([src], sync, stages, Policy(mode, **policy))
+    return src, Graph([src], sync, stages, Policy(mode, **policy), sinks=sinks)
+
+
+@dataclass(frozen=True)
+class Mark:
+    value: int
+
+
+@dataclass(frozen=True)
+class Marks:
+    a: int
+    b: int
 
 
 def test_graph_keeps_order_through_parallel_branches_and_counts_failures_and_skips(tmp_path):
@@ -170,27 +194,32 @@ def test_graph_keeps_order_through_parallel_branches_and_counts_failures_and_ski
     import time
 
     from pipeline.graph import Parallel, Stage
+    from pipeline.types import FrameResult, SyncedFrame
 
     folder = _image_folder(tmp_path / "imgs", 12, bad=(3,))
     seen: list[int] = []
+    results: list[FrameResult] = []
     threads: dict[str, set[str]] = {"a": set(), "b": set()}
 
     def branch(name: str, delay_on_even: float):
-        def fn(work):
+        def fn(frame: SyncedFrame) -> Mark:
             threads[name].add(threading.current_thread().name)
-            if work.camera_seq % 2 == 0:
+            if frame.camera_seq % 2 == 0:
                 time.sleep(delay_on_even)                 # the branches finish out of step
-            setattr(work, f"mark_{name}", int(work.camera.image[0, 0, 0]))
+            return Mark(int(frame.camera.image[0, 0, 0]))
         return fn
 
-    def check(work):
-        if work.camera_seq == 7:
+    def check(frame: SyncedFrame, marks: Marks) -> None:
+        if frame.camera_seq == 7:
             raise InputDataError("frame seven is bad", field="test")
-        assert work.mark_a == work.mark_b == work.camera_seq
-        seen.append(work.camera_seq)
+        assert marks.a == marks.b == frame.camera_seq
+        seen.append(frame.camera_seq)
 
-    src, g = _graph(folder, [Parallel("infer", [Stage("a", branch("a", 0.02)), Stage("b", branch("b", 0.0))]),
-                             Stage("check", check)], queue_depth=2)
+    infer = Parallel("infer", [Stage("a", branch("a", 0.02), (SyncedFrame,), Mark),
+                               Stage("b", branch("b", 0.0), (SyncedFrame,), Mark)],
+                     Marks, lambda parts: Marks(parts[0].value, parts[1].value))
+    src, g = _graph(folder, [infer, Stage("check", check, (SyncedFrame, Marks))], queue_depth=2,
+                    sinks=[Stage("sink", results.append, (FrameResult,))])
     g.start()
     assert g.wait(30)
     g.raise_error()
@@ -198,7 +227,34 @@ def test_graph_keeps_order_through_parallel_branches_and_counts_failures_and_ski
     assert g.stats.failed == {"check": 1} and "frame seven" in g.stats.failures[0]
     assert [s.what for s in src.skipped] == ["image"]
     assert threads["a"] != threads["b"]                                # two branch threads
-    assert set(g.stage_traces[0].stages) >= {"sync", "infer.a", "infer.b", "check"}
+    assert set(g.stage_traces[0].stages) >= {"sync", "infer.a", "infer.b", "check", "sink"}
+    # the sink saw each finished frame once, frozen, with the graph's counters at that moment
+    assert [r.frame.camera_seq for r in results] == seen
+    done = [r.counters.done for r in results]                          # the counters when each was made:
+    assert done == sorted(done) and done[-1] <= len(seen) - 1            # never ahead of the frames themselves
+    assert all(r.counters.failed <= 1 for r in results)
+    assert all(r.received_ns > 0 and r.fusion is None for r in results)
+    with pytest.raises(AttributeError):
+        results[0].index = 5                                            # type: ignore[misc]
+
+
+def test_graph_refuses_wiring_that_does_not_type_check(tmp_path):
+    from pipeline.graph import Graph, Policy, Stage
+    from pipeline.types import FrameResult, Masks, SyncedFrame
+
+    sync = Synchronizer(SyncConfig(), has_lidar=False, has_poses=False, live=False)
+    with pytest.raises(ValueError, match="takes Masks, which no stage before it gives"):
+        Graph([object()], sync, [Stage("fuse", lambda f, m: None, (SyncedFrame, Masks))], Policy())
+    with pytest.raises(ValueError, match="sink 'rec' must take"):
+        Graph([object()], sync, [], Policy(), sinks=[Stage("rec", lambda f: None, (SyncedFrame,))])
+    # a stage that gives the wrong type stops the run and names itself
+    folder = _image_folder(tmp_path / "imgs", 3)
+    _, g = _graph(folder, [Stage("masks", lambda f: "not masks", (SyncedFrame,), Masks)],
+                  sinks=[Stage("sink", lambda r: None, (FrameResult,))])
+    g.start()
+    assert g.wait(30)
+    with pytest.raises(TypeError, match="stage masks must give Masks, gave str"):
+        g.raise_error()
 
 
 def test_graph_stops_on_a_bug_and_re_raises_it(tmp_path):
@@ -206,8 +262,8 @@ def test_graph_stops_on_a_bug_and_re_raises_it(tmp_path):
 
     folder = _image_folder(tmp_path / "imgs", 6)
 
-    def buggy(work):
-        if work.camera_seq == 2:
+    def buggy(frame):
+        if frame.camera_seq == 2:
             raise ZeroDivisionError("a bug")
 
     _, g = _graph(folder, [Stage("buggy", buggy)])
@@ -222,7 +278,7 @@ def test_graph_frame_budget_and_graceful_stop(tmp_path):
 
     folder = _image_folder(tmp_path / "imgs", 10)
     done: list[int] = []
-    src, g = _graph(folder, [Stage("s", lambda w: done.append(w.camera_seq))], max_frames=4)
+    src, g = _graph(folder, [Stage("s", lambda f: done.append(f.camera_seq) and None)], frames=4)
     g.start()
     assert g.wait(30)
     assert done == [0, 1, 2, 3] and g.stats.stopped_by == "frames"
@@ -249,7 +305,7 @@ def test_video_file_source_gives_stamped_frames(tmp_path):
 
 def test_live_lidar_over_zenoh_opens_next_to_a_camera_and_needs_calibration(tmp_path):
     from pipeline.errors import CalibrationError
-    from pipeline.run_config import InputConfig
+    from pipeline.sources import InputConfig
     from pipeline.sources import open_sources
     from pipeline.sources.zenoh_lidar import ZenohLidarSource
 

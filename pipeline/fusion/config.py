@@ -3,11 +3,11 @@
 Names follow Autoware's image_projection_based_fusion where one exists."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import check_unknown_keys, get_key
+from pipeline.config import parse_section, setting
 from pipeline.errors import ConfigError
 
 EDGE_MODES = ("none", "erode", "depth_gate")
@@ -16,71 +16,48 @@ MULTI_CAMERA_RULES = ("border", "score")
 
 @dataclass
 class FusionConfig:
-    min_depth_m: float = 1.0
-    # occlusion: z-buffer from the cloud itself
-    occlusion: bool = True
-    splat_half_px: tuple[int, int] = (1, 3)       # half width, half height of a point's footprint (px)
-    occlusion_tol_m: float = 0.3                  # tolerance = tol_m + tol_rel * d + tol_sq * d^2
-    occlusion_tol_rel: float = 0.05
-    occlusion_tol_sq: float = 0.002               # per metre of depth, squared (grazing road)
-    occlusion_mask_check: bool = True             # hidden only if the image shows the occluder there
-    # mask edges
-    edge_mode: str = "none"                        # none | erode | depth_gate
-    erode_px: int = 2
-    depth_gate_gap_m: float = 1.0
-    multi_camera: str = "border"                   # border | score
-    min_instance_score: float = 0.5
-    # ego motion: move each point to where it was at the camera's exposure time
-    ego_motion: bool = True
-    # 3D objects
-    object_cluster_eps_m: float = 0.7
-    object_min_points: int = 5
-    # lanes
-    ground_ransac_dist_m: float = 0.12
-    lane_min_points: int = 12
-    lane_max_range_m: float = 60.0
-    extra: dict = field(default_factory=dict)
+    """``fusion:`` of a run config (docs/architecture.md explains the occlusion test and the rules)."""
+
+    min_depth_m: float = setting(1.0, unit="m", above=0, doc="points nearer than this to a camera are not "
+                                 "projected into it")
+    occlusion: bool = setting(True, doc="z-buffer occlusion test from the cloud itself")
+    splat_half_px: tuple[int, int] = setting((1, 3), unit="px", min=0, doc="half width, half height of a point's "
+                                             "footprint in the z-buffer")
+    occlusion_tol_m: float = setting(0.3, unit="m", above=0, doc="hidden when nearer than tol_m + tol_rel·d + "
+                                     "tol_sq·d² in front")
+    occlusion_tol_rel: float = setting(0.05, min=0, doc="the depth-proportional part of the tolerance")
+    occlusion_tol_sq: float = setting(0.002, unit="1/m", min=0, doc="the square part (a road seen at a grazing "
+                                      "angle)")
+    occlusion_mask_check: bool = setting(True, doc="hidden only where the image shows the occluder's label at the "
+                                         "point's pixel")
+    edge_mode: str = setting("none", choices=EDGE_MODES, doc="mask edges: erode instance masks, or withhold labels "
+                             "across depth gaps")
+    erode_px: int = setting(2, unit="px", min=0, doc="edge_mode erode: pixels taken off each instance mask")
+    depth_gate_gap_m: float = setting(1.0, unit="m", above=0, doc="edge_mode depth_gate: a depth jump this large "
+                                      "next to a point withholds its label (FLAG_EDGE)")
+    multi_camera: str = setting("border", choices=MULTI_CAMERA_RULES, doc="a point seen by several cameras takes "
+                                "the camera where it is furthest from the border, or the highest instance score")
+    min_instance_score: float = setting(0.5, min=0, max=1, doc="instances scored below this label no points")
+    ego_motion: bool = setting(True, doc="move each point to where it was at the camera's exposure (needs poses "
+                               "and per-point times)")
+    object_cluster_eps_m: float = setting(0.7, unit="m", above=0, doc="3D objects: voxel centroids nearer than "
+                                          "this are one cluster")
+    object_min_points: int = setting(5, min=1, doc="3D objects: fewer labelled points make no object")
+    ground_ransac_dist_m: float = setting(0.12, unit="m", above=0, doc="lanes: inlier distance of the ground "
+                                          "plane fit")
+    lane_min_points: int = setting(12, min=2, doc="lanes: fewest lane-marking points of one line")
+    lane_max_range_m: float = setting(60.0, unit="m", above=0, doc="lanes: points beyond this range are ignored")
 
     @staticmethod
     def from_dict(data: dict[str, Any] | None, *, path: str | Path = "<config>", prefix: str = "fusion.") -> "FusionConfig":
-        data = data or {}
-        d = FusionConfig()
-        allowed = set(asdict(d)) - {"extra"}
-        check_unknown_keys(data, allowed, path=path, prefix=prefix)
-        kw: dict[str, Any] = {}
-        for key, default in asdict(d).items():
-            if key == "extra" or key not in data:
-                continue
-            if isinstance(default, bool):
-                kw[key] = get_key(data, key, bool, path=path, prefix=prefix)
-            elif isinstance(default, int):
-                kw[key] = get_key(data, key, int, path=path, prefix=prefix)
-            elif isinstance(default, float):
-                kw[key] = get_key(data, key, float, path=path, prefix=prefix)
-            elif isinstance(default, str):
-                kw[key] = get_key(data, key, str, path=path, prefix=prefix)
-            elif isinstance(default, tuple):
-                v = get_key(data, key, list, path=path, prefix=prefix)
-                if len(v) != 2 or not all(isinstance(x, int) and x >= 0 for x in v):
-                    raise ConfigError("expected two non-negative integers", path=path, field=prefix + key)
-                kw[key] = tuple(v)
-        cfg = FusionConfig(**kw)
-        cfg.validate(path=path, prefix=prefix)
-        return cfg
+        return parse_section(FusionConfig, data, path=path, prefix=prefix)
+
+    def check(self, *, path: str | Path = "<config>", prefix: str = "fusion.") -> None:
+        """Nothing spans several keys yet; kept so code that builds a FusionConfig by hand can ask."""
 
     def validate(self, *, path: str | Path = "<config>", prefix: str = "fusion.") -> None:
-        if self.edge_mode not in EDGE_MODES:
-            raise ConfigError(f"must be one of {', '.join(EDGE_MODES)}, got '{self.edge_mode}'", path=path,
-                              field=prefix + "edge_mode")
-        if self.multi_camera not in MULTI_CAMERA_RULES:
-            raise ConfigError(f"must be one of {', '.join(MULTI_CAMERA_RULES)}, got '{self.multi_camera}'",
-                              path=path, field=prefix + "multi_camera")
-        for key in ("min_depth_m", "occlusion_tol_m", "depth_gate_gap_m", "object_cluster_eps_m",
-                    "ground_ransac_dist_m", "lane_max_range_m"):
-            if getattr(self, key) <= 0:
-                raise ConfigError("must be > 0", path=path, field=prefix + key)
-        for key in ("occlusion_tol_rel", "occlusion_tol_sq"):
-            if getattr(self, key) < 0:
-                raise ConfigError("must be >= 0", path=path, field=prefix + key)
-        if not 0 <= self.min_instance_score <= 1:
-            raise ConfigError("must be within 0..1", path=path, field=prefix + "min_instance_score")
+        """Re-check a FusionConfig built in code."""
+        from dataclasses import asdict
+
+        parse_section(FusionConfig, {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
+                      path=path, prefix=prefix)

@@ -10,7 +10,7 @@ from pipeline.fusion.config import FusionConfig
 from pipeline.fusion.label import CameraView, InstanceMap, fuse
 from pipeline.fusion.lanes import extract_lanes
 from pipeline.fusion.objects import extract_objects
-from pipeline.types import FusedCloud, LaneLine, LidarSweep, Object3D
+from pipeline.types import FusionResult, LidarSweep, Poses  # FusionResult re-exported: its home is types
 
 
 @dataclass
@@ -21,22 +21,6 @@ class CameraMasks:
     stamp_ns: int                    # exposure time
     semantic: np.ndarray | None      # (H, W) uint8
     instances: InstanceMap | None
-
-
-@dataclass
-class Poses:
-    stamps_ns: np.ndarray            # (M,)
-    T_world_from_base: np.ndarray    # (M, 4, 4)
-
-
-@dataclass
-class FusionResult:
-    cloud: FusedCloud
-    objects: list[Object3D]
-    lanes: list[LaneLine]
-    points_base: np.ndarray          # (N, 3) base frame, at the first camera's time when compensated
-    ego_motion_applied: bool
-    max_motion_m: float              # largest shift ego-motion compensation applied to a point
 
 
 def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConfig, taxonomy: Taxonomy,
@@ -58,6 +42,8 @@ def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConf
                                                  poses.T_world_from_base, lidar.T_base_from_lidar, m.stamp_ns)
             moved.append(pts_cam_time)
         inst = m.instances
+        if inst is not None:
+            inst = inst.at_least(cfg.min_instance_score)
         if inst is not None and cfg.edge_mode == "erode":
             inst = inst.eroded(cfg.erode_px)
         views.append(CameraView(cam.name, cam.model, rig.T_cam_from_lidar(cam.name, lidar.name), m.semantic, inst,

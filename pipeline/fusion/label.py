@@ -64,6 +64,14 @@ class InstanceMap:
             score_of[best // 256] = 1.0
         return InstanceMap(ids, class_of, score_of)
 
+    def at_least(self, min_score: float) -> "InstanceMap":
+        """The instances scored ``min_score`` or more (the others' pixels become 0)."""
+        low = (self.score_of < min_score)
+        low[0] = False
+        if not low.any() or not low[self.ids].any():
+            return self
+        return InstanceMap(np.where(low[self.ids], 0, self.ids).astype(np.uint16), self.class_of, self.score_of)
+
     def eroded(self, px: int) -> "InstanceMap":
         """Withdraw ids within `px` pixels of any id change (mask edges)."""
         if px <= 0:

@@ -26,12 +26,11 @@ SCHEMA = "segfuse.profile/1"
 
 # --- Tracing cost and NVTX ------------------------------------------------------------------
 
-class _Item:
-    """Stands in for a FrameWork in the cost loop: the same attribute chain the graph follows."""
+class _Envelope:
+    """Stands in for the graph's envelope in the cost loop: the same attribute lookup the graph does."""
 
     def __init__(self, trace: Any) -> None:
-        self.synced = type("S", (), {})()
-        self.synced.trace = trace
+        self.trace = trace
 
 
 def measure_trace_cost(records_per_frame: int, *, nvtx: Any = None, iterations: int = 20000) -> dict[str, float]:
@@ -40,7 +39,7 @@ def measure_trace_cost(records_per_frame: int, *, nvtx: Any = None, iterations: 
     those operations minus the same loop without them."""
     from pipeline.types import FrameTrace
 
-    item = _Item(FrameTrace(0, 0))
+    env = _Envelope(FrameTrace(0, 0))
     names = [f"stage{i}" for i in range(max(records_per_frame, 1))]
 
     def traced() -> int:
@@ -51,9 +50,7 @@ def measure_trace_cost(records_per_frame: int, *, nvtx: Any = None, iterations: 
                     nvtx.push_range(name)
                 t0 = time.monotonic_ns()
                 t1 = time.monotonic_ns()
-                trace = getattr(getattr(item, "synced", None), "trace", None)
-                if trace is not None:
-                    trace.stages[name] = (t0, t1)
+                env.trace.stages[name] = (t0, t1)
                 if nvtx is not None:
                     nvtx.pop_range()
         return time.perf_counter_ns() - t
@@ -83,25 +80,22 @@ def load_nvtx() -> tuple[Any, str]:
 
 def wrap_stages_nvtx(graph: Any, nvtx: Any) -> int:
     """Wrap every stage callable of a built (not started) graph in an NVTX range named after the stage."""
-    from pipeline.graph import Parallel
 
-    def wrap(stage: Any, name: str) -> None:
-        fn = stage.fn
+    def wrap(stage: Any) -> None:
+        fn, name = stage.fn, stage.name
 
-        def ranged(work: Any, _fn=fn, _name=name) -> None:
+        def ranged(*values: Any, _fn=fn, _name=name) -> Any:
             nvtx.push_range(_name, domain="segfuse")
             try:
-                _fn(work)
+                return _fn(*values)
             finally:
                 nvtx.pop_range(domain="segfuse")
         stage.fn = ranged
 
-    n = 0
-    for st in graph.stages:
-        for b in (st.branches if isinstance(st, Parallel) else [st]):
-            wrap(b, f"{st.name}.{b.name}" if isinstance(st, Parallel) else st.name)
-            n += 1
-    return n
+    stages = graph.all_stages()
+    for st in stages:
+        wrap(st)
+    return len(stages)
 
 
 # --- One profiled run -----------------------------------------------------------------------
@@ -138,9 +132,8 @@ def run_profile(cfg: Any, out: str | Path, *, interval_s: float = 0.2, progress:
         if rate_hz is not None:
             src_hz = run.opened.sources[0].info.rate_hz
             if not src_hz:
-                for sink in (run.recorder, run.overlay, getattr(run, "publisher", None)):   # nothing ran yet:
-                    if sink is not None:
-                        sink.abort()
+                for sink in run.sinks:                         # nothing ran yet:
+                    sink.abort()
                 run.close_engines()                            # close what build_run opened
                 run.opened.close()
                 raise ConfigError("the input has no nominal camera rate: give --rate (a multiple of the "
@@ -163,10 +156,10 @@ def run_profile(cfg: Any, out: str | Path, *, interval_s: float = 0.2, progress:
     profile: dict[str, Any] = {
         "schema": SCHEMA, "created_utc": t_start.isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "run": {"config": cfg.path, "input": summary["input"], "policy": cfg.policy,
+        "run": {"config": cfg.path, "input": summary["input"], "policy": cfg.run.policy,
                 "rate": g.policy.rate, "rate_hz": rate_hz, "source_hz": held.get("source_hz") or
                 run.opened.sources[0].info.rate_hz, "masks": cfg.masks, "masks_label": summary["masks_label"],
-                "queue_depth": cfg.queue_depth, "capacity": g.capacity, "frames_limit": cfg.frames},
+                "queue_depth": cfg.run.queue_depth, "capacity": g.capacity, "frames_limit": cfg.run.frames},
         "clock": "time.monotonic_ns", "t0_ns": int(g.stats.started_ns),
         "counts": counts,
         "frames": frames,

@@ -5,12 +5,26 @@ first frame as a PNG)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.config import setting
+from pipeline.types import FrameResult
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class OverlayConfig:
+    """``sinks.overlay`` of a run config."""
+
+    enabled: bool = setting(True, doc="write the overlay video (OUT/overlay.mp4) and its first frame as a PNG")
+    fps: float | None = setting(None, unit="frames/s", above=0, doc="the video's frame rate (null: the source's "
+                                "rate, 10 when unknown)")
+    mask_alpha: float = setting(0.35, min=0, max=1, doc="opacity of the semantic mask over the camera image")
 
 
 def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int] = (255, 255, 255),
@@ -45,21 +59,22 @@ def draw_fusion(image: np.ndarray, result: Any, camera: Any, taxonomy: Any, *, p
     return img
 
 
-def draw_overlay(work: Any, camera: Any, taxonomy: Any, *, masks_label: str, mask_alpha: float = 0.35) -> np.ndarray:
-    """One overlay frame of a pipeline.sync.FrameWork. ``camera``: the rig's CameraSensor or None."""
+def draw_overlay(result: FrameResult, camera: Any, taxonomy: Any, *, masks_label: str,
+                 mask_alpha: float = 0.35) -> np.ndarray:
+    """One overlay frame of a FrameResult. ``camera``: the rig's CameraSensor or None."""
     import cv2
 
-    frame = work.camera
+    frame = result.camera
     img = frame.image
-    sem = work.semantic.get(frame.camera_id)
+    sem = result.masks.semantic.get(frame.camera_id)
     if sem is not None and mask_alpha > 0:
         img = cv2.addWeighted(img, 1.0 - mask_alpha, taxonomy.color_lut()[sem.class_ids], mask_alpha, 0.0)
-    if work.fusion is not None and camera is not None:
-        img = draw_fusion(img, work.fusion, camera, taxonomy)
+    if result.fusion is not None and camera is not None:
+        img = draw_fusion(img, result.fusion, camera, taxonomy)
     else:
         img = img.copy()
-    _text(img, f"frame {work.index}  masks: {masks_label}", (6, 16))
-    if work.lidar_missing:
+    _text(img, f"frame {result.index}  masks: {masks_label}", (6, 16))
+    if result.lidar_missing:
         _text(img, "LiDAR missing: camera only", (6, 34), color=(0, 0, 255))
     return img
 
@@ -78,10 +93,10 @@ class OverlayVideo:
         self._tmp = Path(out_dir) / f".{name}.partial.mp4"
         self.frames = 0
 
-    def write(self, work: Any) -> None:
+    def write(self, result: FrameResult) -> None:
         import cv2
 
-        img = draw_overlay(work, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha)
+        img = draw_overlay(result, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha)
         if self._video is None:
             self._video = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                           (img.shape[1], img.shape[0]))

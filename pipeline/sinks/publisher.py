@@ -30,12 +30,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from pipeline.config import setting
 from pipeline.errors import ConfigError
+from pipeline.types import FrameResult
 from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, RosMessages, instance_topic, semantic_topic
 
 log = logging.getLogger(__name__)
@@ -53,56 +55,40 @@ NODE_NAME = "segfuse"          # the ROS node the tokens announce: /segfuse
 NODE_NAMESPACE = "/"
 
 
+def _endpoints(value: Any, *, path: Any, field: str) -> list[str]:
+    from pipeline.config import parse_value
+
+    eps = parse_value(list[str], value, path=path, name=field)
+    for ep in eps:
+        if "/" not in ep:
+            raise ConfigError(f"a Zenoh endpoint like tcp/127.0.0.1:7447, got {ep!r}", path=path, field=field)
+    return eps
+
+
 @dataclass
 class PublisherConfig:
-    """``sinks.publisher`` of a run config (docs/runtime.md, docs/publishing.md)."""
+    """``sinks.publisher`` of a run config (docs/publishing.md)."""
 
-    enabled: bool = False
-    mode: str = "peer"
-    connect: list[str] = field(default_factory=list)      # e.g. ["tcp/127.0.0.1:7447"]
-    listen: list[str] = field(default_factory=list)
-    config_file: str | None = None                        # a Zenoh JSON5 config; the keys above override it
-    domain_id: int = 0
-    qos: str = "latest"
-    shared_memory: bool = False
-    shm_pool_mb: int = 64
-    wait_subscribers_s: float = 0.0                       # at start, wait up to this long for a subscriber
-    multicast_scouting: bool = False
+    enabled: bool = setting(False, doc="publish the results over Zenoh as ROS 2 messages (rmw_zenoh layout)")
+    mode: str = setting("peer", choices=MODES, doc="the Zenoh session's mode")
+    connect: list[str] = setting(factory=list, parse=_endpoints, doc="endpoints to connect to, e.g. "
+                                 "tcp/127.0.0.1:7447")
+    listen: list[str] = setting(factory=list, parse=_endpoints, doc="endpoints to listen on")
+    config_file: str | None = setting(None, doc="a Zenoh JSON5 config file; the keys here override it")
+    domain_id: int = setting(0, min=0, max=232, doc="the ROS domain id in every key expression")
+    qos: str = setting("latest", choices=QOS, doc="latest: drop for slow subscribers (never stalls); reliable: "
+                       "block (nothing lost)")
+    shared_memory: bool = setting(False, doc="Zenoh shared-memory transport; payloads from a shared-memory pool")
+    shm_pool_mb: int = setting(64, unit="MiB", min=1, doc="size of the shared-memory pool")
+    wait_subscribers_s: float = setting(0.0, unit="s", min=0, doc="at start, wait up to this long for a subscriber")
+    multicast_scouting: bool = setting(False, doc="find peers by UDP multicast scouting")
 
 
 def publisher_config_from_dict(d: dict[str, Any] | None, *, path: str = "<config>",
                                prefix: str = "sinks.publisher.") -> PublisherConfig:
-    from pipeline.config import check_unknown_keys, get_key
+    from pipeline.config import parse_section
 
-    d = d or {}
-    check_unknown_keys(d, set(PublisherConfig.__dataclass_fields__), path=path, prefix=prefix)
-    cfg = PublisherConfig(
-        enabled=get_key(d, "enabled", bool, path=path, default=False, prefix=prefix),
-        mode=get_key(d, "mode", str, path=path, default="peer", prefix=prefix),
-        connect=list(get_key(d, "connect", list, path=path, default=[], prefix=prefix)),
-        listen=list(get_key(d, "listen", list, path=path, default=[], prefix=prefix)),
-        config_file=get_key(d, "config_file", (str, type(None)), path=path, default=None, prefix=prefix),
-        domain_id=get_key(d, "domain_id", int, path=path, default=0, prefix=prefix),
-        qos=get_key(d, "qos", str, path=path, default="latest", prefix=prefix),
-        shared_memory=get_key(d, "shared_memory", bool, path=path, default=False, prefix=prefix),
-        shm_pool_mb=get_key(d, "shm_pool_mb", int, path=path, default=64, prefix=prefix),
-        wait_subscribers_s=get_key(d, "wait_subscribers_s", float, path=path, default=0.0, prefix=prefix),
-        multicast_scouting=get_key(d, "multicast_scouting", bool, path=path, default=False, prefix=prefix))
-    if cfg.mode not in MODES:
-        raise ConfigError(f"must be one of {', '.join(MODES)}, got {cfg.mode!r}", path=path, field=prefix + "mode")
-    if cfg.qos not in QOS:
-        raise ConfigError(f"must be one of {', '.join(QOS)}, got {cfg.qos!r}", path=path, field=prefix + "qos")
-    for key in ("connect", "listen"):
-        for ep in getattr(cfg, key):
-            if not isinstance(ep, str) or "/" not in ep:
-                raise ConfigError(f"a Zenoh endpoint like tcp/127.0.0.1:7447, got {ep!r}", path=path,
-                                  field=prefix + key)
-    if not 0 <= cfg.domain_id <= 232:
-        raise ConfigError("must be within 0..232", path=path, field=prefix + "domain_id")
-    if cfg.shm_pool_mb < 1 or cfg.wait_subscribers_s < 0:
-        raise ConfigError("must be positive", path=path, field=prefix + ("shm_pool_mb" if cfg.shm_pool_mb < 1
-                                                                          else "wait_subscribers_s"))
-    return cfg
+    return parse_section(PublisherConfig, d, path=path, prefix=prefix)
 
 
 def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen: list[str] | None = None,
@@ -136,8 +122,14 @@ def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen
     return conf
 
 
+def session_config(cfg: PublisherConfig) -> Any:
+    """The zenoh.Config a publisher opens its session with."""
+    return zenoh_config(mode=cfg.mode, connect=cfg.connect, listen=cfg.listen, config_file=cfg.config_file,
+                        shared_memory=cfg.shared_memory, multicast_scouting=cfg.multicast_scouting)
+
+
 class ZenohPublisher(RosMessages):
-    """``write(work)`` per frame from one thread, ``close()`` once (``abort()`` = close)."""
+    """``write(result)`` per frame from one thread, ``close()`` once (``abort()`` = close)."""
 
     def __init__(self, cfg: PublisherConfig, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None) -> None:
         import zenoh
@@ -156,13 +148,13 @@ class ZenohPublisher(RosMessages):
         self._lidar_frame = lid.frame_id if lid is not None else (lidar_id or "lidar")
         self.topics = {TOPIC_POINTS: T_CLOUD, semantic_topic(camera_id): T_IMAGE, instance_topic(camera_id): T_IMAGE,
                        TOPIC_OBJECTS: T_OBJECTS, TOPIC_LANE_LINES: T_LANES, TOPIC_FRAME_STATUS: T_STATUS}
-        conf = zenoh_config(mode=cfg.mode, connect=cfg.connect, listen=cfg.listen, config_file=cfg.config_file,
-                            shared_memory=cfg.shared_memory, multicast_scouting=cfg.multicast_scouting)
+        conf = session_config(cfg)
         try:
             self.session = zenoh.open(conf)
         except Exception as exc:
             raise ConfigError(f"cannot open a Zenoh session: {exc}", field="sinks.publisher") from exc
         cc = zenoh.CongestionControl.BLOCK if cfg.qos == "reliable" else zenoh.CongestionControl.DROP
+        self.congestion_control = cc
         self.keys: dict[str, str] = {}
         self._pubs: dict[str, Any] = {}
         self._gids: dict[str, bytes] = {}
@@ -187,6 +179,7 @@ class ZenohPublisher(RosMessages):
             self._seq[topic] = 0
             self._declare_token(self.tokens[topic])
         self._shm = None
+        self.shm_pool_bytes = cfg.shm_pool_mb * 1024 * 1024 if cfg.shared_memory else 0
         if cfg.shared_memory:
             try:
                 from zenoh.shm import ShmProvider
@@ -200,7 +193,6 @@ class ZenohPublisher(RosMessages):
         self.samples = 0
         self.bytes = 0
         self.errors = 0
-        self.dropped_fn: Any = None           # set by the runner: () -> frames dropped so far
         if cfg.wait_subscribers_s > 0:
             self.wait_for_subscribers(cfg.wait_subscribers_s)
         log.info("publishing on Zenoh (%s, qos %s%s): %s", cfg.mode, cfg.qos, ", shared memory" if self._shm else "",
@@ -246,35 +238,35 @@ class ZenohPublisher(RosMessages):
     def _publish(self, topic: str, msg: Any) -> None:
         self.put_cdr(topic, self._ts.serialize_cdr(msg, self.topics[topic]))
 
-    def write(self, work: Any) -> None:
-        """Publish one frame's results (a pipeline.sync.FrameWork); errors are counted, never raised."""
+    def write(self, result: FrameResult) -> None:
+        """Publish one frame's results; errors are counted, never raised."""
         if self._state != "open":
             return
         try:
             with self._lock:
-                self._write(work)
+                self._write(result)
         except Exception as exc:          # a publishing failure must not fail the run or the recording
             self.errors += 1
-            log.warning("publisher: frame %s not published: %s", getattr(work, "index", "?"), exc)
+            log.warning("publisher: frame %s not published: %s", result.index, exc)
 
-    def _write(self, work: Any) -> None:
-        cam = work.camera
+    def _write(self, result: FrameResult) -> None:
+        cam = result.camera
         cam_ns = int(cam.stamp_ns)
         cid = cam.camera_id
-        sweep = work.synced.lidar
-        res = work.fusion
+        sweep = result.frame.lidar
+        res = result.fusion
         if res is not None and sweep is not None:
             self._publish(TOPIC_POINTS, self._cloud(sweep.stamp_ns, res.cloud))
-        sem = work.semantic.get(cid)
+        sem = result.masks.semantic.get(cid)
         if sem is not None and semantic_topic(cid) in self.topics:
             self._publish(semantic_topic(cid), self._image(cam_ns, sem.class_ids, "mono8"))
-        imap = work.instance_maps.get(cid)
+        imap = result.masks.instance_maps.get(cid)
         if imap is not None and instance_topic(cid) in self.topics:
             self._publish(instance_topic(cid), self._image(cam_ns, imap.ids, "mono16"))
         if res is not None and sweep is not None:
             self._publish(TOPIC_OBJECTS, self._objects(cam_ns, res.objects))
             self._publish(TOPIC_LANE_LINES, self._lane_lines(cam_ns, res.lanes))
-        self._publish(TOPIC_FRAME_STATUS, self._status(work, cam_ns))
+        self._publish(TOPIC_FRAME_STATUS, self._status(result, cam_ns))
         self.frames += 1
 
     def _lane_lines(self, stamp_ns: int, lanes: list) -> Any:
@@ -285,13 +277,14 @@ class ZenohPublisher(RosMessages):
                  for lane in lanes]
         return T[T_LANES](header=self._header(stamp_ns, "base_link"), lines=lines)
 
-    def _status(self, work: Any, cam_ns: int) -> Any:
-        sweep = work.synced.lidar
-        res = work.fusion
-        latency_ms = (time.monotonic_ns() - int(work.received_ns)) / 1e6 if work.received_ns else -1.0
-        dropped = int(self.dropped_fn()) if self.dropped_fn is not None else 0
+    def _status(self, result: FrameResult, cam_ns: int) -> Any:
+        sweep = result.frame.lidar
+        res = result.fusion
+        latency_ms = (time.monotonic_ns() - int(result.received_ns)) / 1e6 if result.received_ns else -1.0
+        dropped = int(result.counters.dropped)
         return self._ts.types[T_STATUS](
-            header=self._header(cam_ns, self._cam_frame), frame=int(work.index), camera_seq=int(work.camera_seq),
+            header=self._header(cam_ns, self._cam_frame), frame=int(result.index),
+            camera_seq=int(result.frame.camera_seq),
             camera_stamp_ns=cam_ns, lidar_stamp_ns=-1 if sweep is None else int(sweep.stamp_ns),
             publish_stamp_ns=time.time_ns(), pipeline_latency_ms=float(latency_ms), frames_dropped=dropped,
             lidar_missing=sweep is None, fused=res is not None,

@@ -28,13 +28,16 @@ import logging
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.config import setting
 from pipeline.errors import ConfigError
 from pipeline.msgs import header, transform_stamped
+from pipeline.types import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,16 @@ CLOUD_DTYPE = np.dtype({"names": ["x", "y", "z", "intensity", "class_id", "flags
 CLOUD_FIELDS = [("x", 0, FLOAT32), ("y", 4, FLOAT32), ("z", 8, FLOAT32), ("intensity", 12, FLOAT32),
                 ("class_id", 16, UINT8), ("flags", 17, UINT8), ("instance_id", 20, INT32), ("score", 24, FLOAT32)]
 LANE_STEP_M = 1.0
+COMPRESSIONS = ("lz4", "zstd", "none")
+
+
+@dataclass
+class RecorderConfig:
+    """``sinks.recorder`` of a run config."""
+
+    enabled: bool = setting(True, doc="record the run's results (OUT/recording, rosbag2 + MCAP)")
+    compression: str = setting("lz4", choices=COMPRESSIONS, doc="MCAP chunk compression")
+    camera_image: bool = setting(False, doc="also record the input camera image (a bigger file)")
 
 
 def semantic_topic(camera_id: str) -> str:
@@ -149,7 +162,7 @@ class RosMessages:
 
 
 class Recorder(RosMessages):
-    """``write(work)`` per frame (in order, from one thread), ``close()`` once; ``abort()`` drops it."""
+    """``write(result)`` per frame (in order, from one thread), ``close()`` once; ``abort()`` drops it."""
 
     def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None,
                  run_info: dict[str, Any], compression: str = "lz4", camera_image: bool = False,
@@ -218,38 +231,38 @@ class Recorder(RosMessages):
         self._put(TOPIC_RUN_INFO, "std_msgs/msg/String", stamp_ns, self._string(self._run_info), latched=True)
         self._started = True
 
-    def write(self, work: Any) -> None:
-        """Record one frame's results (a pipeline.sync.FrameWork)."""
+    def write(self, result: FrameResult) -> None:
+        """Record one frame's results."""
         if self._state != "open":
             return
-        cam = work.camera
+        cam = result.camera
         cam_ns = int(cam.stamp_ns)
-        sweep = work.synced.lidar
+        sweep = result.frame.lidar
         if not self._started:
             self._start(min(cam_ns, int(sweep.stamp_ns)) if sweep is not None else cam_ns)
         T = self._ts.types
-        if work.synced.T_world_from_base is not None:
-            tf = self._transform(cam_ns, WORLD_FRAME, BASE_FRAME, work.synced.T_world_from_base)
+        if result.frame.T_world_from_base is not None:
+            tf = self._transform(cam_ns, WORLD_FRAME, BASE_FRAME, result.frame.T_world_from_base)
             self._put("/tf", "tf2_msgs/msg/TFMessage", cam_ns, T["tf2_msgs/msg/TFMessage"](transforms=[tf]))
         cid = cam.camera_id
         if self._cam is not None:
             self._put(f"/segfuse/{cid}/camera_info", "sensor_msgs/msg/CameraInfo", cam_ns, self._camera_info(cam_ns))
         if self.camera_image:
             self._put(f"/segfuse/{cid}/image_raw", "sensor_msgs/msg/Image", cam_ns, self._image(cam_ns, cam.image, "bgr8"))
-        sem = work.semantic.get(cid)
+        sem = result.masks.semantic.get(cid)
         if sem is not None:
             self._put(semantic_topic(cid), "sensor_msgs/msg/Image", cam_ns, self._image(cam_ns, sem.class_ids, "mono8"))
-        imap = work.instance_maps.get(cid)
+        imap = result.masks.instance_maps.get(cid)
         if imap is not None:
             self._put(instance_topic(cid), "sensor_msgs/msg/Image", cam_ns, self._image(cam_ns, imap.ids, "mono16"))
-        res = work.fusion
+        res = result.fusion
         if res is not None and sweep is not None:
             self._put(TOPIC_POINTS, "sensor_msgs/msg/PointCloud2", int(sweep.stamp_ns), self._cloud(sweep.stamp_ns, res.cloud))
             self._put(TOPIC_OBJECTS, "vision_msgs/msg/Detection3DArray", cam_ns, self._objects(cam_ns, res.objects))
             self._put(TOPIC_LANES, "segfuse_msgs/msg/LaneBoundaryArray", cam_ns, self._lanes(cam_ns, res.lanes))
             self._put(TOPIC_MARKERS, "visualization_msgs/msg/MarkerArray", cam_ns, self._markers(cam_ns, res))
             self.clouds += 1
-        status = {"frame": int(work.index), "camera_seq": int(work.camera_seq), "camera_stamp_ns": cam_ns,
+        status = {"frame": int(result.index), "camera_seq": int(result.frame.camera_seq), "camera_stamp_ns": cam_ns,
                   "lidar_stamp_ns": None if sweep is None else int(sweep.stamp_ns),
                   "lidar_missing": bool(sweep is None), "fused": bool(res is not None),
                   "ego_motion": bool(res is not None and res.ego_motion_applied)}

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.config import setting
 from pipeline.errors import CalibrationError, ConfigError
 from pipeline.sources.base import CameraInput, LidarInput, PoseInput, Skipped, Source, SourceInfo
 from pipeline.sources.uri import SourceURI, parse_uri
@@ -18,7 +19,36 @@ from pipeline.sources.uri import SourceURI, parse_uri
 log = logging.getLogger(__name__)
 
 __all__ = ["CameraInput", "LidarInput", "PoseInput", "Skipped", "Source", "SourceInfo", "SourceURI", "parse_uri",
-           "open_sources", "OpenedSources"]
+           "open_sources", "OpenedSources", "InputConfig"]
+
+TOPIC_KEYS = ("image", "camera_info", "points", "tf", "semantic", "instance")
+
+
+def _topics(value: Any, *, path: Any, field: str) -> dict[str, str]:
+    from pipeline.config import check_unknown_keys, parse_value
+
+    topics = parse_value(dict[str, str], value, path=path, name=field)
+    check_unknown_keys(topics, set(TOPIC_KEYS), path=path, prefix=field + ".")
+    for k, v in topics.items():
+        if not v.startswith("/"):
+            raise ConfigError(f"a topic name starting with '/', got {v!r}", path=path, field=f"{field}.{k}")
+    return topics
+
+
+@dataclass
+class InputConfig:
+    """``input:`` of a run config: what to read (URI grammar: pipeline/sources/uri.py)."""
+
+    uri: str | None = setting(None, doc="a drive folder, bag, video, image folder, v4l2://, csi://, rtsp:// "
+                              "(--input)")
+    calibration: str | None = setting(None, doc="a rig file (calibration.io.load_rig); null: from the drive or bag")
+    lidar: str | None = setting(None, doc="a live LiDAR (zenoh://KEY_EXPR?connect=...) beside a camera-only uri")
+    topics: dict[str, str] = setting(factory=dict, parse=_topics, doc="bag topics by role: "
+                                     + ", ".join(TOPIC_KEYS))
+    camera_id: str | None = setting(None, doc="the rig camera a camera-only source feeds (null: the rig's only one)")
+    fps: float | None = setting(None, unit="frames/s", above=0, doc="image folders: the rate of their synthetic "
+                                "stamps (null: 10)")
+    loop: bool = setting(False, doc="video files and image folders: start again at the end")
 
 
 @dataclass
@@ -34,7 +64,7 @@ class OpenedSources:
 
 
 def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False) -> OpenedSources:
-    """Open what ``inp`` (a run_config.InputConfig) names. Refuses at start, with an error naming
+    """Open what ``inp`` (an InputConfig) names. Refuses at start, with an error naming
     the file and field: a missing input, an unknown URI, bad calibration, a camera that is
     not in the rig, a Zenoh LiDAR whose session cannot open. Whatever was opened is closed
     again when the start is refused."""

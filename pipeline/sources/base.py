@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -28,8 +28,8 @@ class CameraInput:
     seq: int                                  # index of this image in its source
     semantic_truth: np.ndarray | None = None  # (H, W) uint8 class ids, drives with ground truth
     instance_truth: np.ndarray | None = None  # (H, W) uint16 instance ids, 0 = none
-    received_ns: int = 0                      # monotonic clock when the source produced it (set by the graph)
-    source_span_ns: tuple[int, int] | None = None   # monotonic (start, end) of reading it (set by the graph)
+    paced: ClassVar[bool] = True              # replay paces by its stamp (pipeline.graph.SourceItem)
+    starts_frame: ClassVar[bool] = True       # a camera image: the graph notes its receive time
 
     @property
     def stamp_ns(self) -> int:
@@ -40,7 +40,9 @@ class CameraInput:
 class LidarInput:
     sweep: LidarSweep
     seq: int
-    received_ns: int = 0
+    received_ns: int = 0                      # live sources: monotonic clock at arrival (0: unknown)
+    paced: ClassVar[bool] = True
+    starts_frame: ClassVar[bool] = False
 
     @property
     def stamp_ns(self) -> int:
@@ -55,6 +57,8 @@ class PoseInput:
     stamps_ns: np.ndarray                     # (M,) int64
     T_world_from_base: np.ndarray             # (M, 4, 4) float64
     complete_until_ns: int
+    paced: ClassVar[bool] = False             # poses come in windows ahead of the frames: never paced
+    starts_frame: ClassVar[bool] = False
 
     @property
     def stamp_ns(self) -> int:

@@ -1,0 +1,202 @@
+"""The runtime's stages, each a small class with a typed input and output (docs/architecture.md):
+
+::
+
+    SyncedFrame ──► Preprocess ──► Batches ──► Infer ×2 (parallel) ──► ModelOutputs
+                                                                        │
+    SyncedFrame, Batches, ModelOutputs ──► Postprocess ──► Masks ◄── GroundTruthMasks (oracle)
+    SyncedFrame, Masks ──► Fuse ──► FusionResult
+
+The graph (pipeline/graph.py) runs them; the sinks then take one frozen ``FrameResult``.
+``EnginesConfig`` (the ``engines:`` section) lives here, beside the stages that use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import setting
+from pipeline.errors import ConfigError, InputDataError
+from pipeline.preprocess import RESIZE_MODES, Batches
+from pipeline.types import Masks, ModelOutput, ModelOutputs, SemanticMask, SyncedFrame
+
+
+def _engine_section(kind: str):
+    """``engines.<kind>``: an engine config mapping (engines.factory.EngineConfig) or a YAML path."""
+
+    def parse(value: Any, *, path: Any, field: str) -> Any:
+        from engines.factory import engine_config_from_dict, load_engine_config
+
+        if value is None:
+            return None
+        prefix = field + "."
+        try:
+            if isinstance(value, str):
+                cfg = load_engine_config(value)
+            elif isinstance(value, dict):
+                cfg = engine_config_from_dict({"kind": kind, **value}, path=path, prefix=prefix)
+            else:
+                raise ConfigError(f"expected an engine config mapping or a YAML path, got {type(value).__name__}",
+                                  path=path, field=field)
+        except ConfigError as exc:
+            if exc.path == path and exc.field and not exc.field.startswith(prefix):
+                raise ConfigError(exc.message, path=path, field=prefix + exc.field) from None
+            raise
+        if cfg.kind is None:
+            cfg.kind = kind
+        if cfg.kind != kind:
+            raise ConfigError(f"kind must be {kind} here, got {cfg.kind}", path=path, field=prefix + "kind")
+        return cfg
+
+    return parse
+
+
+def _engine_config_class() -> type:
+    """The documented schema of ``engines.<kind>`` (engines.factory.EngineConfig), imported when read."""
+    from engines.factory import EngineConfig
+
+    return EngineConfig
+
+
+@dataclass
+class EnginesConfig:
+    """``engines:`` of a run config: the two models (used with ``masks: engines``) and the resize."""
+
+    deeplab: Any = setting(None, doc="DeepLab engine: an engine config (keys below) or the path of its YAML file",
+                           parse=_engine_section("deeplab"), section=_engine_config_class)
+    maskrcnn: Any = setting(None, doc="Mask R-CNN engine: an engine config (keys below) or the path of its YAML file",
+                            parse=_engine_section("maskrcnn"), section=_engine_config_class)
+    resize: str = setting("letterbox", choices=RESIZE_MODES, doc="camera frame -> model input: letterbox keeps the "
+                          "aspect ratio (padding), pad only pads (never resamples), stretch scales each axis")
+
+
+# --- Stages ---------------------------------------------------------------------------------
+
+class GroundTruthMasks:
+    """``SyncedFrame -> Masks``: the drive's ground-truth masks stand in for the models (an
+    ORACLE, labelled so in every summary and recording)."""
+
+    def __call__(self, frame: SyncedFrame) -> Masks:
+        from pipeline.fusion.label import InstanceMap
+
+        semantic, maps = {}, {}
+        for cam in frame.cameras:
+            cid = cam.camera_id
+            truth = frame.truth.get(cid)
+            if truth is None or truth.semantic is None:
+                raise InputDataError(f"frame {frame.frame_index} has no ground-truth masks (masks: ground_truth)",
+                                     field=f"/gt/{cid}/semantic")
+            semantic[cid] = SemanticMask(cid, truth.semantic)
+            if truth.instance_ids is not None:
+                maps[cid] = InstanceMap.from_id_image(truth.instance_ids, truth.semantic)
+        return Masks(semantic=semantic, instance_maps=maps)
+
+
+class Preprocess:
+    """``SyncedFrame -> Batches``: camera frames -> one engine batch per model (pipeline.preprocess)."""
+
+    def __init__(self, input_hw: dict[str, tuple[int, int]], resize: str) -> None:
+        self.input_hw = input_hw
+        self.resize = resize
+
+    def __call__(self, frame: SyncedFrame) -> Batches:
+        from pipeline.preprocess import preprocess_frames
+
+        return Batches({kind: preprocess_frames(frame.cameras, hw, mode=self.resize)
+                        for kind, hw in self.input_hw.items()})
+
+
+class Infer:
+    """``Batches -> ModelOutput``: one engine on its batch (its own session / stream / thread)."""
+
+    def __init__(self, kind: str, engine: Any) -> None:
+        self.kind = kind
+        self.engine = engine
+
+    def __call__(self, batches: Batches) -> ModelOutput:
+        return ModelOutput(self.kind, self.engine.infer(batches.by_kind[self.kind].feed()))
+
+
+class Postprocess:
+    """``Batches, ModelOutputs -> Masks``: outputs back to camera resolution (pipeline.postprocess),
+    Mask R-CNN detections below ``score_threshold`` dropped, masks cut at ``mask_threshold``."""
+
+    def __init__(self, taxonomy: Any, score_threshold: float, mask_threshold: float) -> None:
+        self.taxonomy = taxonomy
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+
+    def __call__(self, batches: Batches, outputs: ModelOutputs) -> Masks:
+        from pipeline.fusion.label import InstanceMap
+        from pipeline.postprocess import postprocess_batch
+
+        ignore = self.taxonomy.ignore_id
+        semantic, instances, maps = {}, {}, {}
+        if "deeplab" in outputs.by_kind:
+            b = batches.by_kind["deeplab"]
+            for m in postprocess_batch("deeplab", outputs.by_kind["deeplab"], b.transforms, b.camera_ids,
+                                       ignore_id=ignore):
+                semantic[m.camera_id] = m
+        if "maskrcnn" in outputs.by_kind:
+            b = batches.by_kind["maskrcnn"]
+            for inst in postprocess_batch("maskrcnn", outputs.by_kind["maskrcnn"], b.transforms, b.camera_ids,
+                                          score_threshold=self.score_threshold, mask_threshold=self.mask_threshold,
+                                          ignore_id=ignore):
+                instances[inst.camera_id] = inst
+                maps[inst.camera_id] = InstanceMap.from_instances(inst)
+        return Masks(semantic=semantic, instances=instances, instance_maps=maps)
+
+
+class Fuse:
+    """``SyncedFrame, Masks -> FusionResult``: labelled cloud, objects, lanes
+    (pipeline.fusion.frame.fuse_frame). A camera-only frame (no sweep) or a run without a rig
+    gives no result (``FrameResult.fusion`` is None): the sinks record its masks and flag it."""
+
+    def __init__(self, rig: Any, fusion_cfg: Any, taxonomy: Any) -> None:
+        self.rig = rig
+        self.cfg = fusion_cfg
+        self.taxonomy = taxonomy
+
+    def __call__(self, frame: SyncedFrame, masks: Masks) -> Any:
+        from pipeline.fusion.frame import CameraMasks, fuse_frame
+
+        if frame.lidar is None or self.rig is None:
+            return None
+        cams = []
+        for cam in frame.cameras:
+            sem = masks.semantic.get(cam.camera_id)
+            cams.append(CameraMasks(cam.camera_id, cam.stamp_ns, None if sem is None else sem.class_ids,
+                                    masks.instance_maps.get(cam.camera_id)))
+        return fuse_frame(frame.lidar, cams, self.rig, self.cfg, self.taxonomy, frame.poses)
+
+    def warm_up(self, camera_id: str, lidar_id: str | None) -> None:
+        """One small fusion before the first frame: loads the compiled kernels and Open3D, so the
+        first real frame is not seconds late (matters for live latency and for timings)."""
+        from pipeline.fusion.frame import CameraMasks, fuse_frame
+        from pipeline.fusion.label import InstanceMap
+        from pipeline.types import LidarSweep
+
+        if self.rig is None or lidar_id is None:
+            return
+        cam = self.rig.camera(camera_id)
+        rng = np.random.default_rng(0)
+        pts = np.zeros((400, 4), np.float32)
+        pts[:, :3] = rng.uniform((-20, -20, -2), (20, 20, 2), (400, 3))
+        sem = np.zeros((cam.height, cam.width), np.uint8)
+        ids = np.zeros((cam.height, cam.width), np.uint16)
+        ids[: cam.height // 2, : cam.width // 2] = 1
+        sweep = LidarSweep(lidar_id, 0, pts, np.zeros(400, np.int64))
+        fuse_frame(sweep, [CameraMasks(camera_id, 0, sem, InstanceMap.from_id_image(ids, sem))], self.rig, self.cfg,
+                   self.taxonomy, None)
+
+
+def model_input_hw(engines: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    return {kind: tuple(e.input_hw) for kind, e in engines.items()}
+
+
+def masks_label(engines_cfg: EnginesConfig) -> str:
+    d, m = engines_cfg.deeplab, engines_cfg.maskrcnn
+    return (f"DeepLab ({Path(d.model).name}, {d.backend}) + Mask R-CNN ({Path(m.model).name}, {m.backend})")
