@@ -33,7 +33,7 @@ def _subscriber(ep: str, shm: bool) -> None:
     """Child: record (topic, latency ns) per sample; print them as JSON when stdin closes."""
     import zenoh
 
-    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import zenoh_config
     from pipeline.zenoh_keys import decode_attachment, parse_topic_key
 
     session = zenoh.open(zenoh_config(listen=[ep], shared_memory=shm))

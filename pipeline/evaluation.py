@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,7 @@ def read_recording(path: str | Path) -> dict[str, Any]:
     """{"clouds": {lidar_stamp: structured points},
     "objects": {camera_stamp: [(id, class, score, box centre, size, centroid)]},
     "status": [dict], "run_info": dict} from a segfuse run recording."""
-    from rosbags.highlevel import AnyReader
-
-    from pipeline.drive.rosbag import cloud_fields
-    from pipeline.msgs import make_typestore
+    from pipeline.drive.rosbag import cloud_fields, open_bag
     from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, TOPIC_RUN_INFO, TOPIC_STATUS
 
     path = Path(path)
@@ -54,11 +52,11 @@ def read_recording(path: str | Path) -> dict[str, Any]:
         raise InputDataError("recording not found", path=path)
     out: dict[str, Any] = {"clouds": {}, "objects": {}, "status": [], "run_info": {}}
     try:
-        with AnyReader([path], default_typestore=make_typestore()) as reader:
+        with closing(open_bag(path)) as reader:
             topics = {c.topic for c in reader.connections}
             if TOPIC_POINTS not in topics:
                 raise InputDataError(f"holds no {TOPIC_POINTS}: not a segfuse run recording (run 'segfuse run' on the "
-                                     "drive first; model metrics on drives come with a later issue)", path=path)
+                                     "drive first; for model metrics on a drive, leave out --truth)", path=path)
             conns = [c for c in reader.connections if c.topic in (TOPIC_POINTS, TOPIC_OBJECTS, TOPIC_STATUS,
                                                                  TOPIC_RUN_INFO)]
             for conn, _, raw in reader.messages(connections=conns):

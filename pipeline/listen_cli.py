@@ -181,7 +181,7 @@ def listen(args: argparse.Namespace) -> int:
 
     from pipeline.errors import ConfigError
     from pipeline.planner_api import SampleDecoder
-    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import zenoh_config
     from pipeline.zenoh_keys import liveliness_selector
 
     for ep in args.connect + args.listen:

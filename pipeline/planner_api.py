@@ -121,7 +121,7 @@ class FusedSubscriber:
                  depth: int = 1, shared_memory: bool = False) -> None:
         import zenoh
 
-        from pipeline.sinks.publisher import zenoh_config
+        from pipeline.zenoh_keys import zenoh_config
 
         self.camera_id = camera_id
         self.decoder = SampleDecoder()

@@ -90,12 +90,11 @@ class Run:
 def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, Any]) -> tuple[list[Any], list[Any], str]:
     """The processing stages for ``cfg.masks`` (opening the engines into ``engines``), the
     warm-up callables, and the mask provider's label."""
-    from pipeline.fusion.frame import FusionResult
     from pipeline.graph import Parallel, Stage
     from pipeline.preprocess import Batches
     from pipeline.stages import (Fuse, GroundTruthMasks, Infer, Postprocess, Preprocess, masks_label,
                                  model_input_hw)
-    from pipeline.types import Masks, ModelOutput, ModelOutputs, SyncedFrame
+    from pipeline.types import FusionResult, Masks, ModelOutput, ModelOutputs, SyncedFrame
 
     stages: list[Any] = []
     if cfg.masks == "engines":

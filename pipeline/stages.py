@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.config import setting
 from pipeline.errors import ConfigError, InputDataError
 from pipeline.preprocess import RESIZE_MODES, Batches
-from pipeline.types import Masks, ModelOutput, ModelOutputs, SemanticMask, SyncedFrame
+from pipeline.types import FusionResult, Masks, ModelOutput, ModelOutputs, SemanticMask, SyncedFrame
 
 
 def _engine_section(kind: str):
@@ -160,7 +160,7 @@ class Fuse:
         self.cfg = fusion_cfg
         self.taxonomy = taxonomy
 
-    def __call__(self, frame: SyncedFrame, masks: Masks) -> Any:
+    def __call__(self, frame: SyncedFrame, masks: Masks) -> FusionResult | None:
         from pipeline.fusion.frame import CameraMasks, fuse_frame
 
         if frame.lidar is None or self.rig is None:

@@ -45,6 +45,8 @@ _ARRAY, _BOUNDED_SEQ, _SEQ = 48, 96, 144
 _BOUNDED_STRING, _BOUNDED_WSTRING = 21, 22
 
 
+MODES = ("peer", "client", "router")          # Zenoh session modes
+
 def dds_type_name(msgtype: str) -> str:
     """``sensor_msgs/msg/PointCloud2`` -> ``sensor_msgs::msg::dds_::PointCloud2_``."""
     parts = msgtype.split("/")
@@ -338,3 +340,36 @@ def gid_of(keyexpr: str) -> bytes:
 
     h = xxhash.xxh3_128_intdigest(keyexpr.encode("utf-8"))
     return (h & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little") + (h >> 64).to_bytes(8, "little")
+
+
+def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen: list[str] | None = None,
+                 config_file: str | None = None, shared_memory: bool = False, multicast_scouting: bool = False,
+                 field_prefix: str = "sinks.publisher.") -> Any:
+    """A zenoh.Config: the file (if any), then mode/endpoints/scouting/shared memory on top."""
+    import json
+
+    import zenoh
+
+    from pipeline.errors import ConfigError
+
+    if config_file:
+        try:
+            conf = zenoh.Config.from_file(config_file)
+        except Exception as exc:       # zenoh raises its own ZError
+            raise ConfigError(f"cannot read Zenoh config: {exc}", path=config_file,
+                              field=field_prefix + "config_file") from exc
+    else:
+        conf = zenoh.Config()
+    try:
+        conf.insert_json5("mode", json.dumps(mode))
+        if connect:
+            conf.insert_json5("connect/endpoints", json.dumps(list(connect)))
+        if listen:
+            conf.insert_json5("listen/endpoints", json.dumps(list(listen)))
+        conf.insert_json5("scouting/multicast/enabled", json.dumps(bool(multicast_scouting)))
+        # explicit both ways: zenoh 1.x has shared memory on by default (and copies large
+        # payloads into it by itself), so "off" has to be said to mean off
+        conf.insert_json5("transport/shared_memory/enabled", json.dumps(bool(shared_memory)))
+    except Exception as exc:
+        raise ConfigError(f"invalid Zenoh setting: {exc}", field=field_prefix.rstrip(".")) from exc
+    return conf

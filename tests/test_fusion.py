@@ -305,7 +305,7 @@ def test_cloud_reader_drops_nan_points_and_reads_formats(tmp_path):
 def test_kitti_frames_project_and_overlay(kitti_object, tmp_path):
     from calibration.io_kitti import load_kitti_object_calib
     from pipeline.cloud_io import read_cloud
-    from pipeline.overlay import depth_overlay
+    from pipeline.sinks.overlay import depth_overlay
 
     img = cv2.imread(str(kitti_object / "image_2" / "000003.png"))
     rig = load_kitti_object_calib(kitti_object / "calib" / "000003.txt", image_size=(img.shape[1], img.shape[0]))

@@ -42,7 +42,7 @@ def child_slow_subscriber(ep: str) -> None:
 
     import zenoh
 
-    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import zenoh_config
 
     session = zenoh.open(zenoh_config(listen=[ep]))
     got = []

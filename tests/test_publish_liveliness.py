@@ -183,7 +183,8 @@ def test_publisher_announces_its_node_and_topics_and_leaves_on_close(qos):
     import zenoh
 
     from pipeline.msgs import make_typestore
-    from pipeline.sinks.publisher import PublisherConfig, ZenohPublisher, zenoh_config
+    from pipeline.sinks.publisher import PublisherConfig, ZenohPublisher
+    from pipeline.zenoh_keys import zenoh_config
     from pipeline.zenoh_keys import gid_of
     from pipeline.zenoh_keys import (PUBLISHER_QOS, decode_attachment, liveliness_selector, parse_liveliness_token,
                                      topic_key, type_hash)
@@ -257,7 +258,7 @@ def test_tokens_vanish_when_the_publisher_process_dies(tmp_path):
 
     import zenoh
 
-    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import zenoh_config
     from pipeline.zenoh_keys import liveliness_selector
 
     ep = f"tcp/127.0.0.1:{free_port()}"

@@ -44,7 +44,7 @@ def cloud_cdr(ts, stamp_ns: int, xyz: np.ndarray, t_off: np.ndarray) -> bytes:
 
 
 def test_zenoh_lidar_yields_clouds_and_skips_garbage():
-    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import zenoh_config
     from pipeline.sources.zenoh_lidar import ZenohLidarSource
 
     ts = make_typestore()
@@ -97,7 +97,7 @@ def test_zenoh_lidar_yields_clouds_and_skips_garbage():
 
 
 def test_zenoh_lidar_full_queue_keeps_the_newest_and_counts_drops():
-    from pipeline.sinks.publisher import zenoh_config
+    from pipeline.zenoh_keys import zenoh_config
     from pipeline.sources.zenoh_lidar import ZenohLidarSource
 
     ts = make_typestore()

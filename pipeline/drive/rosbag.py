@@ -423,20 +423,31 @@ class _McapSource:
         self._file.close()
 
 
+def open_bag(path: Path, *, ros1: bool = False) -> Any:
+    """THE bag reader of segfuse: an opened ``rosbags.highlevel.AnyReader`` over a rosbag2 folder,
+    a bare .mcap/.db3 or (``ros1``) a ROS 1 .bag, with our message types registered; an
+    unreadable bag is refused naming the file. Runs (sources/bag.py), drives (this module),
+    evaluation and training all read through it. Close it (or use it as a context manager)."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from pipeline.msgs import make_typestore
+
+    store = get_typestore(Stores.ROS1_NOETIC) if ros1 else make_typestore()
+    reader = AnyReader([Path(path)], default_typestore=store)
+    try:
+        reader.open()
+    except Exception as exc:      # rosbags raises its own error types for unreadable bags
+        raise InputDataError(f"cannot open the bag: {exc}", path=path) from exc
+    return reader
+
+
 class _RosbagsSource:
     """Any rosbag2 folder rosbags reads (SQLite3 storage, split or compressed bags)."""
 
     def __init__(self, bag_dir: Path) -> None:
-        from rosbags.highlevel import AnyReader
-
-        from pipeline.msgs import make_typestore
-
         self.path = bag_dir
-        try:
-            self._reader = AnyReader([bag_dir], default_typestore=make_typestore())
-            self._reader.open()
-        except Exception as exc:
-            raise InputDataError(f"cannot open rosbag2: {exc}", path=bag_dir) from exc
+        self._reader = open_bag(bag_dir)
         self.topics = {c.topic: c.msgtype for c in self._reader.connections}
 
     def log_times(self, topic: str) -> np.ndarray:

@@ -1,7 +1,8 @@
-"""Overlay video: the camera frame with the semantic mask blended in, LiDAR points coloured by
-their fused class, objects labelled with class and range, and a banner (frame, mask provider,
-LiDAR missing). ``draw_overlay`` is a plain function; ``OverlayVideo`` writes an MP4 (and the
-first frame as a PNG)."""
+"""The one overlay module: drawing on camera frames (LiDAR points coloured by depth or class,
+masks, labels) and the overlay video sink: the camera frame with the semantic mask blended in,
+LiDAR points coloured by their fused class, objects labelled with class and range, and a banner
+(frame, mask provider, LiDAR missing). ``draw_overlay`` is a plain function; ``OverlayVideo``
+writes an MP4 (and the first frame as a PNG)."""
 from __future__ import annotations
 
 import logging
@@ -27,6 +28,40 @@ class OverlayConfig:
     mask_alpha: float = setting(0.35, min=0, max=1, doc="opacity of the semantic mask over the camera image")
 
 
+# --- drawing primitives ----------------------------------------------------------------------
+
+def depth_colors(depth_m: np.ndarray, max_depth_m: float = 60.0) -> np.ndarray:
+    """(N, 3) uint8 BGR from a perceptual colormap (near = warm, far = cool)."""
+    import cv2
+
+    code = np.clip(depth_m / max_depth_m * 255.0, 0, 255).astype(np.uint8)
+    return cv2.applyColorMap(255 - code.reshape(-1, 1), cv2.COLORMAP_TURBO).reshape(-1, 3)
+
+
+def draw_points(image: np.ndarray, pixels: np.ndarray, colors_bgr: np.ndarray, radius: int = 1) -> np.ndarray:
+    """A copy of ``image`` with a filled square of side 2*radius+1 at each (col, row) pixel;
+    nearer points should come last (pass them sorted far to near)."""
+    out = image.copy()
+    H, W = out.shape[:2]
+    cols, rows = pixels[:, 0].astype(np.int64), pixels[:, 1].astype(np.int64)
+    for dr in range(-radius, radius + 1):
+        for dc in range(-radius, radius + 1):
+            r, c = rows + dr, cols + dc
+            ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+            out[r[ok], c[ok]] = colors_bgr[ok]
+    return out
+
+
+def depth_overlay(image: np.ndarray, pixels: np.ndarray, depth_m: np.ndarray, max_depth_m: float = 60.0) -> np.ndarray:
+    order = np.argsort(-depth_m)           # far first, near drawn on top
+    return draw_points(image, pixels[order], depth_colors(depth_m[order], max_depth_m))
+
+
+def blend_mask(image: np.ndarray, class_ids: np.ndarray, lut_bgr: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    color = lut_bgr[class_ids]
+    return (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha).astype(np.uint8)
+
+
 def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int] = (255, 255, 255),
           scale: float = 0.45) -> None:
     import cv2
@@ -40,7 +75,6 @@ def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, in
 def draw_fusion(image: np.ndarray, result: Any, camera: Any, taxonomy: Any, *, point_radius: int = 1) -> np.ndarray:
     """LiDAR points coloured by fused class (unlabelled: black) and objects labelled with range."""
     from calibration.projection import project_lidar
-    from pipeline.overlay import draw_points
 
     T_cam_from_base = np.linalg.inv(camera.T_base_from_cam)
     proj = project_lidar(np.asarray(result.points_base, np.float32), T_cam_from_base, camera.model, min_depth_m=1.0)

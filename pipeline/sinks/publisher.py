@@ -38,6 +38,7 @@ import numpy as np
 from pipeline.config import setting
 from pipeline.errors import ConfigError
 from pipeline.types import FrameResult
+from pipeline.zenoh_keys import MODES, zenoh_config
 from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, RosMessages, instance_topic, semantic_topic
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ T_IMAGE = "sensor_msgs/msg/Image"
 T_OBJECTS = "vision_msgs/msg/Detection3DArray"
 T_LANES = "segfuse_msgs/msg/LaneLineArray"
 T_STATUS = "segfuse_msgs/msg/FrameStatus"
-MODES = ("peer", "client", "router")
 QOS = ("latest", "reliable")
 NODE_NAME = "segfuse"          # the ROS node the tokens announce: /segfuse
 NODE_NAMESPACE = "/"
@@ -89,37 +89,6 @@ def publisher_config_from_dict(d: dict[str, Any] | None, *, path: str = "<config
     from pipeline.config import parse_section
 
     return parse_section(PublisherConfig, d, path=path, prefix=prefix)
-
-
-def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen: list[str] | None = None,
-                 config_file: str | None = None, shared_memory: bool = False, multicast_scouting: bool = False,
-                 field_prefix: str = "sinks.publisher.") -> Any:
-    """A zenoh.Config: the file (if any), then mode/endpoints/scouting/shared memory on top."""
-    import json
-
-    import zenoh
-
-    if config_file:
-        try:
-            conf = zenoh.Config.from_file(config_file)
-        except Exception as exc:       # zenoh raises its own ZError
-            raise ConfigError(f"cannot read Zenoh config: {exc}", path=config_file,
-                              field=field_prefix + "config_file") from exc
-    else:
-        conf = zenoh.Config()
-    try:
-        conf.insert_json5("mode", json.dumps(mode))
-        if connect:
-            conf.insert_json5("connect/endpoints", json.dumps(list(connect)))
-        if listen:
-            conf.insert_json5("listen/endpoints", json.dumps(list(listen)))
-        conf.insert_json5("scouting/multicast/enabled", json.dumps(bool(multicast_scouting)))
-        # explicit both ways: zenoh 1.x has shared memory on by default (and copies large
-        # payloads into it by itself), so "off" has to be said to mean off
-        conf.insert_json5("transport/shared_memory/enabled", json.dumps(bool(shared_memory)))
-    except Exception as exc:
-        raise ConfigError(f"invalid Zenoh setting: {exc}", field=field_prefix.rstrip(".")) from exc
-    return conf
 
 
 def session_config(cfg: PublisherConfig) -> Any:

@@ -49,18 +49,10 @@ class BagSource(Source):
     def __init__(self, uri: SourceURI, *, topics: dict[str, str] | None = None, rig: Any = None,
                  want_truth: bool = False, config_path: str = "<config>") -> None:
         super().__init__()
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
-        from pipeline.msgs import make_typestore
+        from pipeline.drive.rosbag import open_bag
 
         self.path = path = uri.path
-        store = get_typestore(Stores.ROS1_NOETIC) if uri.kind == "ros1" else make_typestore()
-        try:
-            self._reader = AnyReader([path], default_typestore=store)
-            self._reader.open()
-        except Exception as exc:   # rosbags raises its own error types for unreadable bags
-            raise InputDataError(f"cannot open the bag: {exc}", path=path) from exc
+        self._reader = open_bag(path, ros1=uri.kind == "ros1")
         try:
             self._setup(uri, dict(topics or {}), rig, want_truth, config_path)
         except BaseException:

@@ -46,7 +46,7 @@ class ZenohLidarSource(Source):
         import zenoh
 
         from pipeline.msgs import make_typestore
-        from pipeline.sinks.publisher import MODES, zenoh_config
+        from pipeline.zenoh_keys import MODES, zenoh_config
 
         self.key_expr = uri.location
         if not self.key_expr:
