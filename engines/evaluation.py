@@ -150,9 +150,11 @@ class MaskAPScorer:
 
 def evaluate_models(drives: str | Path | Sequence[str | Path], *, deeplab: Any = None, maskrcnn: Any = None, frames: int | None = None,
                     resize: str = "letterbox", mask_threshold: float = 0.5, progress: bool = True,
-                    taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+                    taxonomy: Taxonomy | None = None, engines: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the given engines (engines.factory.EngineConfig or dict) on drives with ground truth;
-    metrics are pooled over all their frames (``frames``: at most this many per drive)."""
+    metrics are pooled over all their frames (``frames``: at most this many per drive).
+    ``engines``: already-open engines by kind (``segfuse fleet`` keeps them open across drives),
+    used instead of ``deeplab``/``maskrcnn`` and left open (the caller closes them)."""
     from tqdm import tqdm
 
     from engines.factory import create_engine
@@ -161,11 +163,12 @@ def evaluate_models(drives: str | Path | Sequence[str | Path], *, deeplab: Any =
     from pipeline.preprocess import preprocess_frames
 
     tax = taxonomy or load_taxonomy()
-    engines = {}
+    given = engines
+    engines = dict(given) if given else {}
     try:
-        if deeplab is not None:
+        if deeplab is not None and not given:
             engines["deeplab"] = create_engine(deeplab)
-        if maskrcnn is not None:
+        if maskrcnn is not None and not given:
             engines["maskrcnn"] = create_engine(maskrcnn)
         if not engines:
             raise InputDataError("no model to evaluate (give a DeepLab and/or a Mask R-CNN)", field="models")
@@ -201,7 +204,7 @@ def evaluate_models(drives: str | Path | Sequence[str | Path], *, deeplab: Any =
                         ap.add(f.semantic, f.instance, inst.class_ids, inst.scores, inst.masks)
                 skipped += drive.num_skipped
     finally:
-        for e in engines.values():
+        for e in engines.values() if not given else ():
             e.close()
     result: dict[str, Any] = {"drives": [str(d) for d in drive_list], "frames_skipped": skipped}
     for kind, e in engines.items():

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "engines.cli",
     "engines.train_cli",
     "pipeline.listen_cli",
+    "pipeline.fleet.cli",
 )
 
 

@@ -113,7 +113,9 @@ def model_engine_configs(args: argparse.Namespace) -> tuple[object, dict]:
     return cfg, engines
 
 
-def evaluate_models_cli(args: argparse.Namespace) -> tuple[dict, str]:
+def evaluate_models_cli(args: argparse.Namespace, engines_open: dict | None = None) -> tuple[dict, str]:
+    """``engines_open``: already-open engines for the models ``args`` names (segfuse fleet keeps
+    them open across drives); left open."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -125,7 +127,7 @@ def evaluate_models_cli(args: argparse.Namespace) -> tuple[dict, str]:
     metrics = evaluate_models(args.drive, deeplab=engines.get("deeplab"), maskrcnn=engines.get("maskrcnn"),
                               frames=args.frames, resize=cfg.engines.resize,
                               mask_threshold=engines["maskrcnn"].mask_threshold if "maskrcnn" in engines else 0.5,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, engines=engines_open)
     table = render_model_table(metrics)
     if args.fusion:
         if len(engines) != 2:
@@ -137,7 +139,7 @@ def evaluate_models_cli(args: argparse.Namespace) -> tuple[dict, str]:
             run_cfg = replace(cfg.with_overrides(input=str(drive), out=str(out), frames=args.frames),
                               masks="engines", engines=replace(cfg.engines, **engines))
             run_cfg.sinks = replace(run_cfg.sinks, overlay=replace(run_cfg.sinks.overlay, enabled=False))
-            summary = run_pipeline(run_cfg, progress=False if args.no_progress else None)
+            summary = run_pipeline(run_cfg, progress=False if args.no_progress else None, engines=engines_open)
             fused[str(drive)] = evaluate_recording(summary["recording"], drive)
             table += f"\n\nafter fusion, {drive}:\n" + render_table(fused[str(drive)])
         metrics["fusion"] = fused

@@ -81,10 +81,12 @@ class Run:
     masks_label: str = ""
     out: Path = Path(".")
     warm: list[Any] = field(default_factory=list)     # called once before the first frame
+    owns_engines: bool = True                         # False: the caller's open engines (build_run(engines=))
 
     def close_engines(self) -> None:
-        for e in self.engines.values():
-            e.close()
+        if self.owns_engines:
+            for e in self.engines.values():
+                e.close()
 
 
 def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, Any]) -> tuple[list[Any], list[Any], str]:
@@ -97,9 +99,11 @@ def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, 
     from pipeline.types import FusionResult, Masks, ModelOutput, ModelOutputs, SyncedFrame
 
     stages: list[Any] = []
+    given = set(engines)                                 # build_run(engines=...): already open and warm
     if cfg.masks == "engines":
         for kind in ("deeplab", "maskrcnn"):
-            engines[kind] = open_engine(getattr(cfg.engines, kind), kind, config_path=cfg.path)
+            if kind not in engines:
+                engines[kind] = open_engine(getattr(cfg.engines, kind), kind, config_path=cfg.path)
         m = cfg.engines.maskrcnn
         stages += [Stage("preprocess", Preprocess(model_input_hw(engines), cfg.engines.resize), (SyncedFrame,), Batches),
                    Parallel("infer", [Stage(k, Infer(k, e), (Batches,), ModelOutput) for k, e in engines.items()],
@@ -113,14 +117,17 @@ def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, 
     fuse = Fuse(opened.rig, cfg.fusion, taxonomy)
     stages.append(Stage("fuse", fuse, (SyncedFrame, Masks), FusionResult, optional=True))
     warm = [lambda: fuse.warm_up(opened.camera_id, opened.lidar_id)]
-    for e in engines.values():
-        warm.append(lambda e=e: _warm_engine(e))
+    for kind, e in engines.items():
+        if kind not in given:
+            warm.append(lambda e=e: _warm_engine(e))
     return stages, warm, label
 
 
-def build_run(cfg: RunConfig) -> Run:
+def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
     """Open the input, the models and the sinks; wire the stages. Everything that can be refused
-    is refused here, before a frame is read."""
+    is refused here, before a frame is read. ``engines``: already-open, warmed engines by kind
+    (``segfuse fleet`` keeps them open across drives): used for ``masks: engines`` instead of
+    opening the config's models, and left open (the caller closes them)."""
     from pipeline.config import load_taxonomy
     from pipeline.graph import Graph, Stage
     from pipeline.sinks.overlay import OverlayVideo
@@ -131,7 +138,8 @@ def build_run(cfg: RunConfig) -> Run:
 
     taxonomy = load_taxonomy()
     opened = open_sources(cfg.input, config_path=cfg.path, want_truth=cfg.masks == "ground_truth")
-    engines: dict[str, Any] = {}
+    given = dict(engines or {})
+    engines = dict(given)
     sinks: list[Any] = []
     recorder = overlay = publisher = None
     try:
@@ -178,11 +186,13 @@ def build_run(cfg: RunConfig) -> Run:
     except BaseException:
         for sink in sinks:
             sink.abort()
-        for e in engines.values():
-            e.close()
+        for kind, e in engines.items():
+            if kind not in given:
+                e.close()
         opened.close()
         raise
-    return Run(cfg, opened, graph, sync, sinks, recorder, overlay, publisher, engines, label, out, warm)
+    return Run(cfg, opened, graph, sync, sinks, recorder, overlay, publisher, engines, label, out, warm,
+               owns_engines=not given)
 
 
 def _warm_engine(engine: Any) -> None:
@@ -194,13 +204,14 @@ def _warm_engine(engine: Any) -> None:
 # --- Running --------------------------------------------------------------------------------
 
 def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
-                 on_built: Any = None) -> dict[str, Any]:
+                 on_built: Any = None, engines: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run a config to the end (or to SIGINT/SIGTERM); returns the summary (also in OUT/summary.json).
     ``on_built(run)``, if given, is called once the run is built, before the warm-up (the profiler
-    keeps the Run to read ``run.graph.stage_traces`` afterwards and may wrap stage callables)."""
+    keeps the Run to read ``run.graph.stage_traces`` afterwards and may wrap stage callables).
+    ``engines``: already-open engines, see :func:`build_run`."""
     from tqdm import tqdm
 
-    run = build_run(cfg)
+    run = build_run(cfg, engines)
     if on_built is not None:
         on_built(run)
     graph = run.graph
