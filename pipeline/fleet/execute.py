@@ -182,11 +182,11 @@ class _Pool:
     def ready(self) -> None:
         try:
             self.workers = self.ray.get([a.ready.remote() for a in self.actors])
-        except self.ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+        except self.ray.exceptions.RayError as exc:    # a worker failed to start or to open the models
+            cause = getattr(exc, "cause", None)
             if isinstance(cause, SegfuseError):
                 raise cause from None
-            raise EngineError(f"a fleet worker could not open the models: {cause}") from None
+            raise EngineError(f"a fleet worker could not start or open the models: {cause or exc}") from None
 
     def replace(self, actor: Any) -> Any:
         self.ray.kill(actor, no_restart=True)
@@ -207,8 +207,6 @@ class _Pool:
 
 def run_fleet(opts: FleetOptions) -> dict[str, Any]:
     """Plan, run and report; returns the fleet report (also OUT/fleet_report.json and .html)."""
-    from tqdm import tqdm
-
     from pipeline.fleet.report import write_report
 
     t_start = time.perf_counter()
@@ -264,14 +262,35 @@ def run_fleet(opts: FleetOptions) -> dict[str, Any]:
             log.info("%s: removing the incomplete output of an earlier attempt (%s)", ref.name, drive_out)
             shutil.rmtree(drive_out)
 
+    frames_done = 0
     fleet: dict[str, Any] = {"mode": opts.mode, "config": opts.config, "eval_argv": opts.eval_argv,
                              "frames": opts.frames, "drives_given": opts.drives, "out": str(out),
                              "settings_key": skey, "started_utc": _now(), "plan": counts,
                              "hash_s": hash_s, "hashed_bytes": hashed_bytes, "stopped_by": None,
                              "ray": None, "workers": [], "gpus_per_worker": gpus,
-                             "cpus_per_worker": opts.cpus_per_worker}
-    t_work = time.perf_counter()
+                             "cpus_per_worker": opts.cpus_per_worker, "work_s": 0.0}
+    try:
+        if todo:
+            frames_done = _run_units(opts, settings, todo, records, fleet, gpus, out)
+    except BaseException as exc:                      # a fleet-wide failure: the report still says what was done
+        fleet.update(error=f"{type(exc).__name__}: {exc}", finished_utc=_now(), wall_s=time.perf_counter() - t_start)
+        write_report(fleet, [records[r.name] for r in refs if r.name in records], out)
+        raise
+    for ref, unit in todo:                            # never reached (an interrupt before submission)
+        records.setdefault(ref.name, {**unit, "status": "interrupted", "error": "not started", "this_run": True})
+    fleet.update(finished_utc=_now(), wall_s=time.perf_counter() - t_start, frames_this_run=frames_done)
+    ordered = [records[r.name] for r in refs if r.name in records]
+    return write_report(fleet, ordered, out)
+
+
+def _run_units(opts: FleetOptions, settings: dict[str, Any], todo: list[tuple[DriveRef, dict[str, Any]]],
+               records: dict[str, dict[str, Any]], fleet: dict[str, Any], gpus: float, out: Path) -> int:
+    """Start Ray and the workers, hand out the drives, record each as it returns; returns the
+    frames done. Sets fleet["work_s"] and, on Ctrl-C/SIGTERM, fleet["stopped_by"]."""
+    from tqdm import tqdm
+
     frames_done = 0
+    t_work = time.perf_counter()
     if todo:
         ray, n, info = _init_ray(opts, gpus)
         n = min(n, len(todo))
@@ -339,10 +358,5 @@ def run_fleet(opts: FleetOptions) -> dict[str, Any]:
                         pass
                 pool.kill()
             ray.shutdown()
-    work_s = time.perf_counter() - t_work
-    for ref, unit in todo:                            # never reached (an interrupt before submission)
-        records.setdefault(ref.name, {**unit, "status": "interrupted", "error": "not started", "this_run": True})
-    fleet.update(finished_utc=_now(), wall_s=time.perf_counter() - t_start, work_s=work_s,
-                 frames_this_run=frames_done)
-    ordered = [records[r.name] for r in refs if r.name in records]
-    return write_report(fleet, ordered, out)
+            fleet["work_s"] = time.perf_counter() - t_work
+    return frames_done
