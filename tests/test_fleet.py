@@ -230,3 +230,31 @@ def test_worker_keeps_models_open_and_writes_what_segfuse_run_writes(drives, tmp
     assert a.keys() == b.keys() and len(a) == 1
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_drive_specs_and_content_keys(drives, tmp_path):
+    """--drives: a folder of drives, a glob, a list file with a missing path; same-named drives in
+    two places get distinct names; a drive's key follows its bytes."""
+    from pipeline.errors import ConfigError
+    from pipeline.fleet.drives import drive_digest, resolve_drives
+
+    assert [r.name for r in resolve_drives([str(drives)])] == [f"seed_{s}" for s in (611, 612, 613, 614)]
+    assert [r.name for r in resolve_drives([str(drives / "seed_61[12]")])] == ["seed_611", "seed_612"]
+    assert [r.name for r in resolve_drives([str(drives / "seed_611")])] == ["seed_611"]     # a drive itself
+    other = tmp_path / "elsewhere" / "seed_611"
+    shutil.copytree(drives / "seed_611", other)
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"# comment\n{drives / 'seed_611'}\n{other}\n{tmp_path / 'gone'}\n{drives / 'seed_611'}\n")
+    refs = resolve_drives([f"@{lst}"])
+    assert len(refs) == 3 and refs[2].name == "gone" and refs[0].name != refs[1].name
+    assert all(r.name.startswith("seed_611-") for r in refs[:2])
+    with pytest.raises(ConfigError, match="matches nothing"):
+        resolve_drives([str(tmp_path / "nope_*")])
+
+    key, nbytes = drive_digest(other)
+    assert key == drive_digest(drives / "seed_611")[0] and nbytes > 0
+    mcap = next(other.glob("*.mcap"))
+    data = bytearray(mcap.read_bytes())
+    data[len(data) // 2] ^= 1                        # one bit of the drive changed: another key
+    mcap.write_bytes(bytes(data))
+    assert drive_digest(other)[0] != key
