@@ -83,7 +83,9 @@ def main() -> None:
           f"(whole command)")
     print(f"    of which ray.init {ray_init:.1f} s, workers ready (imports, models loaded once each) "
           f"{f['actors_ready_s']:.1f} s, drive work {f['work_s']:.1f} s "
-          f"({rep['throughput']['frames_per_s']:.2f} frames/s across workers)")
+          f"({rep['throughput']['frames_per_s']:.2f} frames/s across workers), workers stopped + ray.shutdown "
+          f"{f['teardown_s']:.1f} s, the rest (Python start, imports, keys, report) "
+          f"{fleet_s - ray_init - f['actors_ready_s'] - f['work_s'] - f['teardown_s']:.1f} s")
     print(f"  ratio (ours / baseline, drives/s): {serial_s / fleet_s:.2f}x   (target >= 1.7x)")
     print(f"  ratio with ray.init left out (a cluster already running): {serial_s / (fleet_s - ray_init):.2f}x")
     print(f"  per-drive metrics identical to the serial run (eval.json bytes): {same}/{n}")

@@ -335,6 +335,7 @@ def _run_units(opts: FleetOptions, settings: dict[str, Any], todo: list[tuple[Dr
                             elapsed = max(time.perf_counter() - t_work, 1e-9)
                             failed = sum(1 for r in records.values() if r.get("this_run") and r["status"] != "ok")
                             bar.set_postfix(fps=f"{frames_done / elapsed:.2f}", failed=failed, refresh=True)
+                    fleet["work_s"] = time.perf_counter() - t_work
                 except KeyboardInterrupt:
                     fleet["stopped_by"] = "signal"
                     log.warning("interrupted: stopping the workers; completed drives are kept, %d in flight are "
@@ -350,13 +351,15 @@ def _run_units(opts: FleetOptions, settings: dict[str, Any], todo: list[tuple[Dr
                         pool.kill()
                         pool = None
         finally:
+            t_down = time.perf_counter()
+            if "work_s" not in fleet or not fleet["work_s"]:     # interrupted: up to now
+                fleet["work_s"] = t_down - t_work
             if pool is not None:
-                for a in pool.actors:                 # close engines (TensorRT contexts, GPU memory)
-                    try:
-                        ray.get(a.close.remote(), timeout=30)
-                    except Exception:
-                        pass
+                try:                                  # close engines (TensorRT contexts, GPU memory)
+                    ray.get([a.close.remote() for a in pool.actors], timeout=30)
+                except Exception as exc:
+                    log.warning("closing the workers' engines: %s", exc)
                 pool.kill()
             ray.shutdown()
-            fleet["work_s"] = time.perf_counter() - t_work
+            fleet["teardown_s"] = time.perf_counter() - t_down     # closing the workers, ray.shutdown
     return frames_done
