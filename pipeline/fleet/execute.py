@@ -76,8 +76,7 @@ def _settings(opts: FleetOptions) -> tuple[dict[str, Any], dict[str, Any], bool]
 
         args = eval_args(settings, "<drive>", "<out>")
         cfg, engines = model_engine_configs(args)
-        material.update(eval_argv=list(opts.eval_argv), resize=cfg.engines.resize,
-                        mask_threshold=cfg.engines.mask_threshold)
+        material.update(eval_argv=list(opts.eval_argv), resize=cfg.engines.resize)
         if args.fusion:
             material["run_config"] = _config_repr(cfg)
     else:
@@ -98,7 +97,7 @@ def _settings(opts: FleetOptions) -> tuple[dict[str, Any], dict[str, Any], bool]
 def _config_repr(cfg: Any) -> str:
     from dataclasses import replace
 
-    c = replace(cfg, input=replace(cfg.input, uri=None), out="", progress=False)
+    c = replace(cfg, input=replace(cfg.input, uri=None), out="", run=replace(cfg.run, progress=False))
     return repr(c)
 
 
