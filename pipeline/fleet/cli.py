@@ -68,7 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace, mode: str, config: str, eval_argv: list[str], frames: int | None) -> object:
+    from pipeline.errors import ConfigError
     from pipeline.fleet.execute import FleetOptions
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("must be at least 1", field="--workers")
+    if not args.cpus_per_worker > 0:
+        raise ConfigError("must be > 0", field="--cpus-per-worker")
+    if args.gpus_per_worker is not None and not args.gpus_per_worker >= 0:
+        raise ConfigError("must be >= 0", field="--gpus-per-worker")
 
     return FleetOptions(mode=mode, drives=args.drives, out=args.out, config=config, eval_argv=eval_argv,
                         frames=frames, address=args.address, workers=args.workers,

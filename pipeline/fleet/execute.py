@@ -163,6 +163,11 @@ def _init_ray(opts: FleetOptions, gpus: float) -> tuple[Any, int, dict[str, Any]
         n = opts.workers or auto
         ray.init(num_cpus=max(cores, int(n * opts.cpus_per_worker + 0.999)), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                  **common)
+        have = ray.cluster_resources().get("GPU", 0)
+        if gpus and have < gpus:                     # the actors would wait for a GPU for ever
+            ray.shutdown()
+            raise ConfigError(f"a worker needs {gpus:g} GPU (a tensorrt backend or a cuda device, or "
+                              f"--gpus-per-worker) and Ray finds {have:g} on this machine", field="--gpus-per-worker")
     info = {"address": opts.address or "local", "init_s": time.perf_counter() - t0,
             "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")}}
     return ray, (opts.workers or auto), info
