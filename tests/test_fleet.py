@@ -258,3 +258,24 @@ def test_drive_specs_and_content_keys(drives, tmp_path):
     data[len(data) // 2] ^= 1                        # one bit of the drive changed: another key
     mcap.write_bytes(bytes(data))
     assert drive_digest(other)[0] != key
+
+
+def test_ray_is_imported_by_the_fleet_command_only():
+    """Ray is a dependency of `segfuse fleet` alone: one module imports it, inside run_fleet's call
+    path, and building the whole CLI loads no Ray."""
+    import ast
+
+    importers = []
+    for path in [*REPO.glob("pipeline/**/*.py"), *REPO.glob("engines/**/*.py"), *REPO.glob("calibration/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                importers.append((str(path.relative_to(REPO)), node.col_offset))
+    assert importers and {p for p, _ in importers} == {"pipeline/fleet/execute.py"}
+    assert all(col > 0 for _, col in importers)                 # inside a function, not at module level
+    code = ("import sys, pipeline.cli, pipeline.fleet.execute, pipeline.fleet.report; pipeline.cli.build_parser(); "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
