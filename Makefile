@@ -2,6 +2,8 @@
 #   make demo   set up .venv, generate the bundled demo drive, run the main job on it
 #   make test   set up .venv, run every test
 #   make bench  set up .venv, run the benchmarks (ratios printed side by side)
+#   make gpu-check  the GPU self-check (segfuse engines selftest); without a GPU it says so and exits 0
+#   make gpu-setup  add the [gpu] extra (onnxruntime-gpu in place of the CPU onnxruntime)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +13,7 @@ DEMO_DRIVE := data/demo_drive
 DEMO_FRAMES ?= 30
 DEMO_SEED ?= 7
 
-.PHONY: setup demo test bench sysdeps clean
+.PHONY: setup demo test bench sysdeps clean gpu-check gpu-setup
 
 setup: $(STAMP)
 
@@ -46,6 +48,16 @@ test: setup
 
 bench: setup
 	@$(PY) -m benchmarks
+
+gpu-check: setup
+	@$(VENV)/bin/segfuse engines selftest $(GPU_CHECK_ARGS)
+
+# onnxruntime-gpu replaces the CPU onnxruntime (both provide the module `onnxruntime`).
+gpu-setup: setup
+	@$(PY) -m pip install -q -e '.[dev,gpu]'
+	@$(PY) -m pip uninstall -q -y onnxruntime
+	@$(PY) -m pip install -q --force-reinstall --no-deps onnxruntime-gpu
+	@$(PY) -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
 clean:
 	rm -rf out data .pytest_cache

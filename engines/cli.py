@@ -88,8 +88,25 @@ def register(subparsers) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_bench)
 
+    s = sub.add_parser("selftest", help="GPU self-check: build/load each committed model at each precision, compare "
+                                        "with ONNX Runtime CPU on drive frames, time it (make gpu-check)",
+                       description="Without a usable NVIDIA GPU it says why and exits 0. See docs/engines.md.")
+    s.add_argument("--source", help="drive or image folder (default: a drive simulated now, validation seed)")
+    s.add_argument("--frames", type=int, default=8, help="frames compared per engine (default 8)")
+    s.add_argument("--iterations", type=int, default=50, help="timed iterations per engine (default 50)")
+    s.add_argument("--warmup", type=int, default=10)
+    s.add_argument("--model", action="append", default=None, type=Path,
+                   help="ONNX to check instead of the committed models (repeatable)")
+    s.add_argument("--precision", action="append", choices=["fp32", "fp16", "int8"], default=None,
+                   help="only these precisions (repeatable; default: all the GPU supports)")
+    s.add_argument("--cache-dir", type=Path, help="engine cache (default: a temporary folder: fresh builds)")
+    s.add_argument("--json", type=Path, help="also write the report as JSON")
+    s.set_defaults(func=cmd_selftest)
+
     i = sub.add_parser("info", help="describe an ONNX file or a TensorRT engine")
     i.add_argument("path", type=Path)
+    i.add_argument("--dla", type=int, default=None, metavar="N",
+                   help="DLA core to load a DLA engine on (default: the sidecar's dla_core)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
@@ -130,9 +147,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from engines.quantize import autocast_fp16, quantize_int8
 
     if args.precision == "fp16":
+        if args.calibration is None:
+            raise ConfigError("FP16 AutoCast needs --calibration: a recorded drive or a folder of camera images "
+                              "(it judges value ranges on them)", field="--calibration")
+        import itertools
+
+        from engines.frames import iter_frames
+        from engines.quantize import DEFAULT_AUTOCAST_FRAMES
+
         out = args.out or args.onnx.with_suffix(".fp16.onnx")
-        autocast_fp16(args.onnx, out)
-        print(f"AutoCast FP16 -> {out}")
+        n = min(args.frames, DEFAULT_AUTOCAST_FRAMES)
+        frames = itertools.islice(itertools.chain.from_iterable(
+            iter_frames(src, stride=args.stride) for src in args.calibration), n)
+        autocast_fp16(args.onnx, out, frames, max_frames=n, source=args.calibration[0])
+        print(f"AutoCast FP16 ({n} calibration frames; FP16 only inside backbone and heads) -> {out}")
         return 0
     if args.calibration is None:
         raise ConfigError("INT8 needs --calibration: a recorded drive or a folder of camera images "
@@ -231,6 +259,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from engines.selftest import run_selftest, write_json
+
+    if args.frames < 1 or args.iterations < 1 or args.warmup < 0:
+        raise ConfigError("--frames and --iterations must be >= 1, --warmup >= 0", field="--frames")
+    report = run_selftest(models=args.model, source=args.source, frames=args.frames, iters=args.iterations,
+                          warmup=args.warmup, cache_dir=args.cache_dir, precisions=args.precision)
+    print("\n".join(report.lines()))
+    if args.json:
+        write_json(report, args.json)
+    return report.exit_code()
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from engines import engine_cache
 
@@ -245,7 +286,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         try:
             from engines.tensorrt_backend import TensorRTEngine
 
-            with TensorRTEngine(path, kind=(info["sidecar"] or {}).get("notes", {}).get("kind") or None) as eng:
+            side = info["sidecar"] or {}
+            dla = args.dla if args.dla is not None else (side.get("inputs") or {}).get("dla_core")
+            with TensorRTEngine(path, kind=side.get("notes", {}).get("kind") or None, dla_core=dla) as eng:
                 info.update(eng.describe())
         except Exception as exc:  # no TensorRT here: the sidecar still says what the engine is
             info["runtime"] = f"not loaded: {exc}"

@@ -6,16 +6,30 @@ with. ``cache_key`` hashes all of them; the engine is stored as ``<stem>.<key16>
 with a JSON sidecar holding the key's inputs, so a stale engine is never loaded and an
 ``engines info`` can say what an engine was built from. The timing cache is kept per
 TensorRT version and GPU, and reused across builds.
+
+Every file of the cache (plan, sidecar, timing cache, AutoCast ONNX, calibration cache) is
+written atomically (``atomic_write_bytes``: a temporary file in the same folder, fsync, then
+``os.replace``), so a crash mid-write never leaves a truncated file under the final name; and
+a build holds an exclusive ``fcntl`` lock on ``<key>.lock`` (``build_lock``) so two processes
+building the same engine do not both build it: the second waits, then finds the first's
+result in the cache.
+
+The INT8 calibration cache of the < 10.12 path is keyed (``calibration_cache_path``) by the
+ONNX, the TensorRT version, the calibration source, the frame count and the algorithm: a
+cache made by another TensorRT, from other frames or with another algorithm is never reused.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from pipeline.errors import EngineError
 
@@ -96,9 +110,110 @@ def write_sidecar(path: str | Path, key: BuildKey, key_hex: str, *, engine_file:
     data = {"cache_format": CACHE_FORMAT, "key": key_hex, "engine": Path(engine_file).name,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_seconds": build_seconds,
             "inputs": asdict(key), "notes": notes or {}}
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that ``path`` is either its old content or all of ``data``:
+    a temporary file in the same folder, flushed and fsynced, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+@contextlib.contextmanager
+def build_lock(path: str | Path, *, timeout_s: float | None = None) -> Iterator[Path]:
+    """An exclusive ``fcntl.flock`` on ``path`` (created if missing) for the duration of the block.
+    The lock goes with the process: a crashed builder never leaves it held. ``timeout_s``:
+    raise EngineError after waiting that long (None: wait)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+b")
+    try:
+        if timeout_s is None:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise EngineError(f"another process holds the build lock for {timeout_s:.0f} s",
+                                          path=path) from None
+                    time.sleep(0.05)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+
+
+def lock_path(engine_file: str | Path) -> Path:
+    return Path(engine_file).with_suffix(".lock")
+
+
+def build_once(cache_dir: str | Path, onnx_path: str | Path, key: BuildKey,
+               build: Callable[[], tuple[bytes, dict[str, Any]]], *, force: bool = False,
+               lock_timeout_s: float | None = None) -> tuple[Path, dict[str, Any], bool]:
+    """The engine for ``key``, built at most once across processes: under the key's lock, a
+    cache hit is returned as it is (``built`` False); otherwise ``build()`` returns the plan
+    bytes and the sidecar notes, and plan then sidecar are written atomically (the sidecar
+    last: a plan without its sidecar is never a hit). Returns (engine path, sidecar, built)."""
+    engine, sidecar, _ = lookup(cache_dir, onnx_path, key)
+    with build_lock(lock_path(engine), timeout_s=lock_timeout_s):
+        engine, sidecar, hit = lookup(cache_dir, onnx_path, key)
+        if hit and not force:
+            return engine, read_sidecar(sidecar) or {}, False
+        t0 = time.perf_counter()
+        plan, notes = build()
+        if not plan:
+            raise EngineError("the build produced an empty plan", path=engine)
+        atomic_write_bytes(engine, plan)
+        write_sidecar(sidecar, key, cache_key(key), engine_file=engine, build_seconds=time.perf_counter() - t0,
+                      notes=notes)
+        return engine, read_sidecar(sidecar) or {}, True
+
+
+def calibration_source_id(source: str | Path | None) -> str:
+    """What identifies a calibration source: its resolved path, and for a folder or file the
+    names, sizes and mtimes of what it holds (a re-recorded drive under the same name differs)."""
+    if source is None:
+        return ""
+    p = Path(source).expanduser().resolve()
+    h = hashlib.sha256(str(p).encode())
+    if p.is_file():
+        st = p.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    elif p.is_dir():
+        for f in sorted(q for q in p.rglob("*") if q.is_file())[:10000]:
+            st = f.stat()
+            h.update(f"{f.relative_to(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def calibration_cache_path(cache_dir: str | Path, onnx_path: str | Path, *, onnx_sha256: str, trt_version: str,
+                           source: str | Path | None, frames: int, algorithm: str) -> Path:
+    """The INT8 calibration cache for one ONNX, TensorRT version, calibration source, frame count
+    and algorithm (entropy | minmax)."""
+    ident = json.dumps({"onnx": onnx_sha256, "trt": trt_version, "source": calibration_source_id(source),
+                        "frames": int(frames), "algorithm": algorithm}, sort_keys=True)
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"{Path(onnx_path).stem}.{key}.{algorithm}.calib"
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:

@@ -17,7 +17,10 @@ YAML (configs/engines/*.yaml, section ``engine`` or the whole file)::
       cuda_graph: false
       device_id: 0
       max_batch: 1                     # DeepLab with a dynamic batch: profile max
-      calibration: null                # legacy INT8 builds: a drive or image folder
+      calibration: null                # a drive or image folder: legacy INT8 calibration, and the
+                                       #   frames FP16 AutoCast judges ranges on (>= 10.12 FP16 builds)
+      fallback: none                   # none | onnxruntime: without TensorRT (or CUDA for it), run the
+                                       #   ONNX on ONNX Runtime's CUDA provider instead, with a warning
       # postprocess
       score_threshold: 0.5
       mask_threshold: 0.5
@@ -25,7 +28,7 @@ YAML (configs/engines/*.yaml, section ``engine`` or the whole file)::
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,7 @@ BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 KINDS = ("deeplab", "maskrcnn")
 DEVICES = ("cpu", "cuda")
+FALLBACKS = ("none", "onnxruntime")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -64,19 +68,27 @@ class EngineConfig:
     cuda_graph: bool = setting(False, doc="TensorRT: capture inference in a CUDA graph and replay it")
     device_id: int = setting(0, min=0, doc="CUDA device index (either backend on a GPU)")
     max_batch: int = setting(1, min=1, doc="TensorRT, DeepLab with a dynamic batch: the profile's largest batch")
-    calibration: Path | None = setting(None, doc="TensorRT implicit INT8 builds (< 10.12): a drive or image folder "
-                                       "to calibrate on")
-    calibration_frames: int = setting(500, min=1, doc="TensorRT implicit INT8 builds: frames read for calibration")
+    calibration: Path | None = setting(None, doc="TensorRT: a drive or image folder of real frames: implicit INT8 "
+                                       "builds (< 10.12) calibrate on it, FP16 builds on >= 10.12 run AutoCast on "
+                                       "it (required there)")
+    calibration_frames: int = setting(500, min=1, doc="TensorRT: frames read for implicit INT8 calibration (AutoCast "
+                                      "uses at most 8 of them)")
+    fallback: str = setting("none", choices=FALLBACKS, doc="TensorRT: onnxruntime = where TensorRT or a CUDA device "
+                            "is not usable, run the ONNX as it is on ONNX Runtime's CUDA provider, with a warning "
+                            "(never the CPU)")
     score_threshold: float = setting(0.5, min=0, max=1, doc="Mask R-CNN only: detections below this score are "
                                      "dropped")
     mask_threshold: float = setting(0.5, min=0, max=1, doc="Mask R-CNN only: mask probability above which a pixel "
                                     "belongs to the instance")
+    source: Path | None = field(default=None, compare=False)   # the YAML it came from (error messages), not a key
 
     def check(self, *, path: str | Path | None = None, prefix: str = "") -> None:
         if self.backend == "onnxruntime" and Path(self.model).suffix in ENGINE_SUFFIXES:
             raise ConfigError("a TensorRT engine file needs backend: tensorrt", path=path, field=prefix + "model")
         if self.dla_core is not None and self.backend != "tensorrt":
             raise ConfigError("dla_core needs backend: tensorrt", path=path, field=prefix + "dla_core")
+        if self.fallback != "none" and self.backend != "tensorrt":
+            raise ConfigError("fallback applies to backend: tensorrt only", path=path, field=prefix + "fallback")
         if self.device_id and self.backend == "onnxruntime" and self.device == "cpu":
             raise ConfigError("device_id picks a GPU: it needs device: cuda or backend: tensorrt", path=path,
                               field=prefix + "device_id")
@@ -111,6 +123,7 @@ def engine_config_from_dict(data: dict[str, Any], *, path: str | Path | None = N
                 raise ConfigError("only Mask R-CNN engines have this key (DeepLab gives class ids, no scores)",
                                   path=where, field=prefix + key)
     cfg = parse_section(EngineConfig, data, path=where, prefix=prefix)
+    cfg.source = Path(path) if path is not None else None
     for key in ("model", "cache_dir", "calibration"):
         p = getattr(cfg, key)
         if p is not None and not p.is_absolute() and base_dir is not None:
@@ -143,7 +156,8 @@ def create_engine(config: EngineConfig | dict[str, Any] | str | Path) -> Engine:
         from engines.onnxruntime_backend import OnnxRuntimeEngine
 
         engine = OnnxRuntimeEngine(model, kind=config.kind, device=config.device, threads=config.threads,
-                                   inter_op_threads=config.inter_op_threads, device_id=config.device_id)
+                                   inter_op_threads=config.inter_op_threads, device_id=config.device_id,
+                                   config_path=config.source)
         if config.precision != engine.precision:
             raise EngineError(f"precision {config.precision} asked for, but this ONNX is {engine.precision} "
                               "(ONNX Runtime runs the file as it is: quantize or AutoCast it first)",
@@ -151,8 +165,23 @@ def create_engine(config: EngineConfig | dict[str, Any] | str | Path) -> Engine:
         return engine
     from engines import tensorrt_backend as trt_backend   # lazy: imports nothing heavy at module level
 
+    if config.fallback == "onnxruntime":
+        why = trt_backend.unavailable_reason(config.device_id)
+        if why is not None:
+            if model.suffix != ".onnx":
+                raise EngineError(f"TensorRT is not usable here ({why}) and a TensorRT engine file cannot run on "
+                                  "ONNX Runtime", path=config.source or model, field="fallback")
+            from engines.onnxruntime_backend import OnnxRuntimeEngine
+
+            log.warning("%s: TensorRT is not usable here (%s): falling back to ONNX Runtime CUDA with the ONNX as "
+                        "it is (%s), as fallback: onnxruntime asks", config.source or model, why, model.name)
+            return OnnxRuntimeEngine(model, kind=config.kind, device="cuda", threads=config.threads,
+                                     inter_op_threads=config.inter_op_threads, device_id=config.device_id,
+                                     config_path=config.source)
     return trt_backend.engine_from_config(config)
 
 
 def config_fields() -> list[str]:
-    return [f.name for f in fields(EngineConfig)]
+    from pipeline.config import schema_fields
+
+    return [f.name for f in schema_fields(EngineConfig)]

@@ -1,5 +1,12 @@
 """ONNX Runtime backend: CPU by default (threads configurable), CUDA provider where installed.
 
+``device: cuda`` needs the ``onnxruntime-gpu`` package (``pip install segfuse[gpu]``, after
+removing the CPU ``onnxruntime``: both install the same ``onnxruntime`` module and the CPU one
+wins). ONNX Runtime silently falls back to the CPU when the CUDA provider cannot start (no
+driver, wrong CUDA/cuDNN), so after creating the session the providers it actually runs on
+(``session.get_providers()``) are checked: asking for CUDA and getting the CPU is an error
+naming the config and the model, never a silent slow run.
+
 Precision is a property of the ONNX file here: an FP32 export, a Q/DQ INT8 model from
 ``segfuse engines quantize`` (ONNX Runtime runs it with its integer kernels on the CPU),
 or an AutoCast FP16 model.
@@ -37,11 +44,30 @@ def onnx_precision(path: str | Path, metadata: dict[str, str] | None = None) -> 
     return "fp32"
 
 
+def check_session_providers(session_providers: list[str], device: str, *, model: str | Path,
+                            config_path: str | Path | None = None) -> None:
+    """Raise EngineError if a session asked to run on ``device`` runs elsewhere (ONNX Runtime
+    drops an unusable CUDA provider with a log line and carries on with the CPU)."""
+    import onnxruntime as ort
+
+    if device != "cuda" or "CUDAExecutionProvider" in session_providers:
+        return
+    available = ort.get_available_providers()
+    why = ("this onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu (pip install 'segfuse[gpu]', "
+           "after pip uninstall onnxruntime)" if "CUDAExecutionProvider" not in available else
+           "the CUDA provider is installed but did not start (driver, CUDA or cuDNN version; see ONNX Runtime's log)")
+    where = f"engine config {config_path}, model {model}" if config_path else f"model {model}"
+    raise EngineError(f"device: cuda asked for ({where}), but the session runs on {', '.join(session_providers)}; "
+                      f"{why}; or set device: cpu (available providers: {', '.join(available)})",
+                      path=config_path or model, field="device")
+
+
 class OnnxRuntimeEngine(Engine):
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, *, kind: str | None = None, device: str = "cpu", threads: int = 0,
-                 inter_op_threads: int = 0, device_id: int = 0, optimization: str = "all"):
+                 inter_op_threads: int = 0, device_id: int = 0, optimization: str = "all",
+                 config_path: str | Path | None = None):
         import onnxruntime as ort
 
         path = Path(path)
@@ -52,12 +78,7 @@ class OnnxRuntimeEngine(Engine):
                               "set kind: deeplab or maskrcnn", path=path, field="kind")
         if device not in DEVICES:
             raise EngineError(f"device must be one of {', '.join(DEVICES)}, got {device!r}", path=path, field="device")
-        available = ort.get_available_providers()
         if device == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise EngineError("device: cuda asked for, but this onnxruntime has no CUDAExecutionProvider "
-                                  f"(available: {', '.join(available)}); install onnxruntime-gpu or use device: cpu",
-                                  path=path, field="device")
             providers: list[Any] = [("CUDAExecutionProvider", {"device_id": int(device_id)}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
@@ -77,6 +98,7 @@ class OnnxRuntimeEngine(Engine):
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         except Exception as exc:
             raise EngineError(f"onnxruntime cannot load the model: {exc}", path=path) from exc
+        check_session_providers(self.session.get_providers(), device, model=path, config_path=config_path)
         self.load_seconds = time.perf_counter() - t0
         self.device = device
         self.threads = threads
