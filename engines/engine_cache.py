@@ -57,6 +57,21 @@ def select_build_path(trt_version: str) -> str:
     return "strongly_typed" if v[:2] >= STRONGLY_TYPED_FROM else "legacy_flags"
 
 
+def dla_unsupported_reason(trt_version: str) -> str | None:
+    """None where this TensorRT version can build for DLA, else why not. From NVIDIA's TensorRT
+    11.4.1 "Working with DLA" and Jetson migration pages: 10.7 was the last 10.x release with DLA;
+    11.0-11.3 have none; 11.4.0 only on Windows on ARM (beta, not Jetson); 11.4.1 has it again on
+    Jetson AGX Orin with JetPack 7.2.2 or later (strongly typed networks). Whether the device has
+    DLA cores at all (Orin yes, Thor no) is the builder's ``num_DLA_cores``."""
+    v = parse_version(trt_version)
+    if v[:2] <= (10, 7):
+        return None
+    if v[:3] < (11, 4, 1):
+        return (f"TensorRT {trt_version} has no DLA support on Jetson (10.7 was the last 10.x release with DLA; "
+                "11.0-11.3 have none; 11.4.0 only on Windows on ARM; 11.4.1 on JetPack 7.2.2+ brings it back)")
+    return None
+
+
 @dataclass(frozen=True)
 class BuildKey:
     """Everything an engine depends on."""

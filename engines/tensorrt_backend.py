@@ -493,6 +493,8 @@ def build_engine(onnx_path: str | Path, *, precision: str = "fp32", cache_dir: s
                           field="precision")
     if dla_core is not None and precision == "fp32":
         raise EngineError("DLA runs FP16 or INT8 only", field="precision")
+    if dla_core is not None and cache.dla_unsupported_reason(trt.__version__):
+        raise EngineError(cache.dla_unsupported_reason(trt.__version__), field="dla_core")
     onnx_sha = cache.sha256_file(onnx_path)
     build_onnx = onnx_path
     if precision == "fp16" and path == "strongly_typed":

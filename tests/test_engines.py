@@ -254,6 +254,13 @@ def test_quantize_gives_a_qdq_onnx_that_runs(deeplab, deeplab_int8, frames):
     assert not any(i in dq_out for i in convs[0].input[1:])
     assert not any(i in dq_out for i in convs[-1].input[1:])
     assert any(i in dq_out for i in convs[5].input[1:])
+    # opset 17, ReduceMax with its axes as an attribute: what TensorRT 8.5/8.6's parser reads
+    # (Model Optimizer writes opset 19, where that parser reduces `scores` to a scalar)
+    from engines.onnx_compat import reduce_nodes_with_axes_input
+
+    assert model.opset_import[0].version == 17 and reduce_nodes_with_axes_input(model) == []
+    (red,) = [n for n in model.graph.node if n.op_type == "ReduceMax"]
+    assert len(red.input) == 1 and [list(a.ints) for a in red.attribute if a.name == "axes"] == [[1]]
     a, b = OnnxRuntimeEngine(fp32_path), OnnxRuntimeEngine(path)
     assert b.precision == "int8" and b.kind == "deeplab"
     acc = DeepLabAccumulator()
@@ -261,6 +268,8 @@ def test_quantize_gives_a_qdq_onnx_that_runs(deeplab, deeplab_int8, frames):
         feed = preprocess_frames([f], DEEPLAB_HW).feed()
         acc.add(a.infer(feed)["class_ids"], b.infer(feed)["class_ids"])
     assert acc.result()["pixel_agreement"] > 0.6
+    out = b.infer(preprocess_frames([frames[0]], DEEPLAB_HW).feed())
+    assert out["scores"].shape == (1, *DEEPLAB_HW)
 
 
 def test_keep_patterns_leave_matching_convolutions_unquantized(deeplab):
@@ -327,7 +336,7 @@ def test_autocast_fp16_runs_and_agrees_within_fp16_tolerance(deeplab, tmp_path, 
     from engines.quantize import autocast_fp16
 
     _, _, path, _ = deeplab
-    out = autocast_fp16(path, tmp_path / "fp16.onnx")
+    out = autocast_fp16(path, tmp_path / "fp16.onnx", frames[4:8])
     b = OnnxRuntimeEngine(out)
     assert b.precision == "fp16"
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(out)).graph.initializer)

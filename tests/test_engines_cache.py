@@ -101,3 +101,16 @@ def test_bundled_engine_configs_load():
             assert spec.class_map
         if "\nengine:" in "\n" + text:
             assert load_engine_config(path).backend in ("onnxruntime", "tensorrt")
+
+
+@pytest.mark.parametrize("version,supported", [
+    ("8.5.2.2", True), ("10.3.0.30", True), ("10.7.0.23", True),     # JetPack 5 / 6 era: DLA
+    ("10.8.0.43", False), ("10.13.2", False), ("11.0.0.1", False),   # no DLA on Jetson
+    ("11.3.0", False), ("11.4.0", False),                            # 11.4.0: Windows on ARM only
+    ("11.4.1", True), ("11.5.0", True),                              # JetPack 7.2.2+ on AGX Orin
+])
+def test_dla_support_by_tensorrt_version(version, supported):
+    reason = cache.dla_unsupported_reason(version)
+    assert (reason is None) == supported, reason
+    if not supported:
+        assert "10.7 was the last 10.x release with DLA" in reason
