@@ -319,6 +319,12 @@ def autocast_fp16(onnx_path: str | Path, out_path: str | Path, frames: Iterable[
     exclude = list(nodes_to_exclude or [])
     if restrict_to_network:
         exclude += fp32_only_patterns(info.kind)
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        if len(fp32_only_nodes(model, info.kind)) == len(model.graph.node):
+            raise EngineError(f"no node is inside the {info.kind} backbone/heads scopes "
+                              f"({', '.join(FP16_SCOPES[info.kind])}): nothing would run in FP16 (an ONNX not "
+                              "exported by segfuse?); pass restrict_to_network=False to let AutoCast decide alone",
+                              path=onnx_path, field="precision")
     batch = 1 if info.batch in (1, None) else int(info.batch)
     with tempfile.TemporaryDirectory() as tmp:
         calib = Path(tmp) / "calibration"
