@@ -247,6 +247,7 @@ class PyCudaRuntime(CudaRuntime):
             raise EngineError(f"pycuda is not importable ({exc})", field="backend") from exc
         self.cuda = cuda
         self._contexts: dict[int, Any] = {}
+        self._local = threading.local()          # per thread: the device whose context it pushed
         try:
             cuda.init()
         except Exception as exc:
@@ -270,13 +271,12 @@ class PyCudaRuntime(CudaRuntime):
         with _LOCK:
             if index not in self._contexts:
                 self._contexts[index] = self.cuda.Device(index).retain_primary_context()
-        ctx = self._contexts[index]
-        try:
-            current = self.cuda.Context.get_current()
-        except Exception:
-            current = None
-        if current is None or current != ctx:
-            ctx.push()          # stays current in this thread: the primary context is shared, never popped
+        if getattr(self._local, "device", None) == index:
+            return
+        if getattr(self._local, "device", None) is not None:
+            self.cuda.Context.pop()
+        self._contexts[index].push()      # stays current in this thread (the shared primary context)
+        self._local.device = index
 
     def pinned_empty(self, count: int, dtype: np.dtype) -> np.ndarray:
         return self.cuda.pagelocked_empty(int(count), np.dtype(dtype))

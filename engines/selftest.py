@@ -86,10 +86,10 @@ class SelftestReport:
 
         def ms(v: float | None) -> str:
             return f"{v:8.2f}" if v is not None else f"{'-':>8s}"
-        out.append(f"{'model':36s} {'backend':12s} {'prec':5s} {'result':6s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        out.append(f"{'model':40s} {'backend':12s} {'prec':5s} {'result':6s} {'p50 ms':>8s} {'p99 ms':>8s} "
                    f"{'p50 grf':>8s} {'p99 grf':>8s}  agreement / notes")
         for r in self.rows:
-            out.append(f"{r.model[-36:]:36s} {r.backend:12s} {r.precision:5s} {r.status:6s} {ms(r.p50_ms)} "
+            out.append(f"{r.model[-40:]:40s} {r.backend:12s} {r.precision:5s} {r.status:6s} {ms(r.p50_ms)} "
                        f"{ms(r.p99_ms)} {ms(r.p50_graph_ms)} {ms(r.p99_graph_ms)}  {r.agreement}"
                        + (f"  [{'; '.join(r.notes)}]" if r.notes else ""))
         fails = sum(r.status == "FAIL" for r in self.rows)
@@ -206,11 +206,13 @@ def run_selftest(*, models: Sequence[str | Path] | None = None, source: str | Pa
         work = Path(tmp)
         cache_dir = Path(cache_dir) if cache_dir else work / "engines"
         try:
-            images, where = _frames(source, frames, work)
+            wanted = frames if precisions and "int8" not in precisions else max(frames, INT8_CALIBRATION_FRAMES)
+            pool, where = _frames(source, wanted, work)          # INT8 calibrates on all of them
         except SegfuseError as exc:
             report.rows.append(Row("frames", "-", "-", notes=[exc.message]))
             return report
-        report.versions["frames"] = f"{len(images)} from {where}"
+        images = pool[:frames]
+        report.versions["frames"] = f"{len(images)} compared, from {where}"
         trt_reason = None
         try:
             from engines.tensorrt_backend import import_tensorrt
@@ -232,7 +234,7 @@ def run_selftest(*, models: Sequence[str | Path] | None = None, source: str | Pa
                         row.status, row.notes = "SKIP", ["this GPU reports no fast path for it"]
                         continue
                     try:
-                        _check_tensorrt(row, ref, model, kind, precision, images, source, work, cache_dir,
+                        _check_tensorrt(row, ref, model, kind, precision, images, pool, work, cache_dir,
                                         iters, warmup)
                     except SegfuseError as exc:
                         row.status, row.notes = "FAIL", row.notes + [exc.message]
@@ -258,7 +260,7 @@ def _supported_precisions(trt) -> list[str]:
     return out
 
 
-def _check_tensorrt(row: Row, ref, model: Path, kind: str, precision: str, images, source, work: Path,
+def _check_tensorrt(row: Row, ref, model: Path, kind: str, precision: str, images, pool, work: Path,
                     cache_dir: Path, iters: int, warmup: int) -> None:
     from engines.tensorrt_backend import TensorRTEngine, build_engine
 
@@ -271,8 +273,8 @@ def _check_tensorrt(row: Row, ref, model: Path, kind: str, precision: str, image
         for i, img in enumerate(images):
             cv2.imwrite(str(calib_dir / f"{i:05d}.png"), img)
     if precision == "int8":
-        onnx_path = _int8_onnx(model, source, work)
-        row.notes.append(f"Q/DQ from {INT8_CALIBRATION_FRAMES} self-check frames")
+        onnx_path = _int8_onnx(model, pool, work)
+        row.notes.append(f"Q/DQ calibrated on {len(pool)} self-check frames")
     engine_file, sidecar = build_engine(onnx_path, precision=precision, cache_dir=cache_dir,
                                         calibration=calib_dir, calibration_frames=len(images), kind=kind)
     row.notes.append(f"{sidecar.get('inputs', {}).get('build_path', '?')} path")
@@ -283,15 +285,13 @@ def _check_tensorrt(row: Row, ref, model: Path, kind: str, precision: str, image
     _check_one(row, ref, make, images, kind, precision, iters, warmup, graphs=True)
 
 
-def _int8_onnx(model: Path, source, work: Path) -> Path:
+def _int8_onnx(model: Path, pool, work: Path) -> Path:
     from engines.quantize import quantize_int8
 
     out = work / f"{model.stem}.int8.onnx"
-    if out.is_file():
-        return out
-    calib, _ = _frames(source, INT8_CALIBRATION_FRAMES, work / "int8_frames")
-    quantize_int8(model, out, calib, min_frames=min(len(calib), INT8_CALIBRATION_FRAMES),
-                  source=f"self-check frames ({len(calib)})")
+    if not out.is_file():
+        quantize_int8(model, out, pool, min_frames=min(len(pool), INT8_CALIBRATION_FRAMES),
+                      source=f"self-check frames ({len(pool)})")
     return out
 
 

@@ -311,3 +311,22 @@ def test_selftest_without_a_gpu_says_why_and_exits_0(capsys, tmp_path):
 
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["gpu_available"] is False and data["reason"] == reason and data["rows"] == []
+
+
+def test_selftest_row_check_on_onnxruntime_cpu(drive_frames):
+    """The self-check's per-engine step (agreement with task metrics, p50/p99), run here with ONNX
+    Runtime CPU in the engine's place: the table row it fills is the one a GPU run prints."""
+    from engines.onnxruntime_backend import OnnxRuntimeEngine
+    from engines.selftest import Row, SelftestReport, _check_one
+
+    with OnnxRuntimeEngine(DEEPLAB, threads=1) as ref:
+        row = Row(DEEPLAB.name, "onnxruntime", "fp32")
+        _check_one(row, ref, lambda graph: OnnxRuntimeEngine(DEEPLAB, threads=1), drive_frames[:2], "deeplab",
+                   "fp32", iters=2, warmup=0, graphs=False)
+    assert row.status == "PASS", row.notes
+    assert row.agreement.startswith("pixel agreement 1.0000") and row.p50_ms > 0 and row.p99_ms >= row.p50_ms
+    report = SelftestReport(True, versions={"gpu": "none (CPU row)"}, rows=[row, Row("m.onnx", "tensorrt", "int8",
+                                                                                       notes=["build failed"])])
+    lines = report.lines()
+    assert report.exit_code() == 1 and "FAILED (1 of 2)" in lines[-1]
+    assert any(DEEPLAB.name in ln and "PASS" in ln for ln in lines)
