@@ -412,6 +412,8 @@ for _k, _v in (("domain_id", 7), ("qos", "reliable"), ("wait_subscribers_s", 0.3
 EFFECTS["sinks.publisher.enabled"] = (True, {}, R)
 for _k in ("cache_dir", "workspace_mb", "cuda_graph", "max_batch", "calibration", "calibration_frames"):
     EFFECTS[f"engines.deeplab.{_k}"] = (None, {}, wiring_check(*TRT, _k))
+# read where TensorRT is found unusable (tests/test_engines_gpu_path.py shows the fallback's effect)
+EFFECTS["engines.deeplab.fallback"] = (None, {}, wiring_check("engines/factory.py", "create_engine", "fallback"))
 for _k in [r["key"].split(".", 2)[2] for r in schema_rows(__import__("engines.factory", fromlist=["x"]).EngineConfig,
                                                             "engines.x.")]:
     _dk = f"engines.deeplab.{_k}"
