@@ -264,8 +264,23 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 
     if args.frames < 1 or args.iterations < 1 or args.warmup < 0:
         raise ConfigError("--frames and --iterations must be >= 1, --warmup >= 0", field="--frames")
-    report = run_selftest(models=args.model, source=args.source, frames=args.frames, iters=args.iterations,
-                          warmup=args.warmup, cache_dir=args.cache_dir, precisions=args.precision)
+    import tempfile
+
+    from engines.selftest import INT8_CALIBRATION_FRAMES, SIM_SEED, gpu_unavailable
+
+    with tempfile.TemporaryDirectory(prefix="segfuse-selftest-drive-") as tmp:
+        source = args.source
+        if source is None and gpu_unavailable() is None:
+            from pipeline.sim.simulate import simulate
+
+            n = max(args.frames, INT8_CALIBRATION_FRAMES if not args.precision or "int8" in args.precision else 0)
+            log.info("simulating a %d-frame drive (seed %d) for the self-check", n, SIM_SEED)
+            source = Path(tmp) / f"sim_{SIM_SEED}"
+            simulate(source, frames=n, seed=SIM_SEED, progress=False)
+        report = run_selftest(models=args.model, source=source, frames=args.frames, iters=args.iterations,
+                              warmup=args.warmup, cache_dir=args.cache_dir, precisions=args.precision)
+    if args.source is None and report.gpu_available:
+        report.versions["frames"] += f" (segfuse sim seed {SIM_SEED})"
     print("\n".join(report.lines()))
     if args.json:
         write_json(report, args.json)

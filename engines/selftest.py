@@ -16,9 +16,10 @@ and, where ``onnxruntime-gpu`` is installed, the same check of ONNX Runtime's CU
 FP32 (the provider it really runs on is asserted). It prints one table and the TensorRT, CUDA,
 driver and GPU versions, and exits 1 if anything failed.
 
-Frames: ``--source`` (a recorded drive or an image folder), else a drive simulated now from a
-validation seed (the committed models were trained on simulated drives; 5001-5004 are never
-used here). Without a usable GPU it says why, checks nothing and exits 0.
+Frames: ``source`` (a recorded drive or an image folder); ``segfuse engines selftest`` without
+``--source`` simulates one now from validation seed ``SIM_SEED`` (the committed models were
+trained on simulated drives; 5001-5004 are never used here). Without a usable GPU it says why,
+checks nothing and exits 0.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipeline.errors import SegfuseError
+from pipeline.errors import EngineError, SegfuseError
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +141,13 @@ def collect_versions() -> dict[str, str]:
     return v
 
 
-def _frames(source: str | Path | None, n: int, workdir: Path) -> tuple[list[np.ndarray], str]:
+def _frames(source: str | Path | None, n: int) -> tuple[list[np.ndarray], str]:
     from engines.frames import load_frames
 
-    if source is not None:
-        return load_frames(source, limit=n), str(source)
-    from pipeline.sim.simulate import simulate
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    drive = workdir / f"sim_{SIM_SEED}"
-    if not drive.exists():
-        log.info("simulating a %d-frame drive (seed %d) for the self-check", n, SIM_SEED)
-        simulate(drive, frames=n, seed=SIM_SEED, progress=False)
-    return load_frames(drive, limit=n), f"segfuse sim seed {SIM_SEED}"
+    if source is None:
+        raise EngineError("the self-check needs drive frames: give --source (the CLI simulates a drive when it "
+                          "is not given)", field="source")
+    return load_frames(source, limit=n), str(source)
 
 
 def _fmt_agreement(kind: str, m: dict[str, float]) -> str:
@@ -207,7 +202,7 @@ def run_selftest(*, models: Sequence[str | Path] | None = None, source: str | Pa
         cache_dir = Path(cache_dir) if cache_dir else work / "engines"
         try:
             wanted = frames if precisions and "int8" not in precisions else max(frames, INT8_CALIBRATION_FRAMES)
-            pool, where = _frames(source, wanted, work)          # INT8 calibrates on all of them
+            pool, where = _frames(source, wanted)          # INT8 calibrates on all of them
         except SegfuseError as exc:
             report.rows.append(Row("frames", "-", "-", notes=[exc.message]))
             return report
