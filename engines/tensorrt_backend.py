@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
