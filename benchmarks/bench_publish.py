@@ -1,4 +1,15 @@
-"""Zenoh publishing: publish-to-receive latency on loopback (127.0.0.1), subscriber in another
+"""Zenoh publishing and the Foxglove live view.
+
+1. The live view's cost: the whole pipeline (ground-truth masks, recorder on, overlay off) on the
+   full-size bench drive, replayed as fast as it can, three times side by side: live view on and
+   nobody watching (the baseline), a viewer in another process reading every channel, and a viewer
+   that subscribed to every channel and was then frozen (SIGSTOP). Printed: throughput of each,
+   the ratios to the baseline (target for the frozen viewer: >= 0.9), the live-view thread's CPU
+   and wall time per frame sent, and the drops (frames the live-view queue dropped, client
+   outbox overflows reported by foxglove-sdk). The live view sends every frame here
+   (``max_rate_hz: 0``; its default of 10 would skip frames on a fast machine).
+
+2. Zenoh publish-to-receive latency on loopback (127.0.0.1), subscriber in another
 process, for a 120k-point fused cloud (PointCloud2, 3.4 MB CDR) and a 1242x375 mono8 mask
 (Image, 466 kB), p50/p99; ours = shared memory on, baseline = shared memory off (TCP).
 
@@ -88,7 +99,7 @@ def _measure(shm: bool, payloads: dict[str, bytes]) -> dict[str, np.ndarray]:
         assert sub.stdout.readline().strip() == "ready"
         pub = ZenohPublisher(PublisherConfig(enabled=True, connect=[ep], qos="reliable", shared_memory=shm,
                                              wait_subscribers_s=10), None, None, camera_id="camera_front",
-                             lidar_id=None)
+                             lidar_id="lidar_top")
         shm_used = pub._shm is not None
         for topic, data in payloads.items():
             for _ in range(5):                               # warm-up, not counted
@@ -109,7 +120,106 @@ def _measure(shm: bool, payloads: dict[str, bytes]) -> dict[str, np.ndarray]:
     return res
 
 
+LIVE_FRAMES = int(os.environ.get("SEGFUSE_BENCH_LIVE_FRAMES", "24"))
+LIVE_ROUNDS = int(os.environ.get("SEGFUSE_BENCH_LIVE_ROUNDS", "3"))
+
+
+def _viewer(port: int, freeze: bool) -> None:
+    """Child: a foxglove.sdk.v1 client subscribing to every channel; prints 'subscribed', then
+    reads until the server closes (or is frozen by the parent)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from live_clients import FoxgloveClient
+
+    c = FoxgloveClient(port, freeze=False, timeout_s=300)
+    c.subscribed.wait(120)
+    sys.stdout.write("subscribed\n")
+    sys.stdout.flush()
+    c.join(600)
+    sys.stdout.write(f"{len(c.messages)}\n")
+    sys.stdout.flush()
+
+
+def _live_run(drive: Path, out: Path, viewer: str) -> dict:
+    import signal
+    import threading
+
+    from pipeline.run_config import parse_run_config
+    from pipeline.runner import build_run
+
+    port = _free_port()
+    data = {"input": {"uri": str(drive)}, "run": {"policy": "replay", "rate": 0, "progress": False,
+                                                    "frames": LIVE_FRAMES},
+            "sync": {"tolerance_ms": 20, "lidar_offset_ms": 50}, "masks": "ground_truth",
+            "sinks": {"recorder": {"enabled": True}, "overlay": {"enabled": False},
+                      "liveview": {"enabled": True, "port": port, "max_rate_hz": 0}}, "out": str(out)}
+    proc = None
+    if viewer != "none":
+        proc = subprocess.Popen([sys.executable, __file__, "viewer", str(port), viewer], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        run = build_run(parse_run_config(data, "<bench>"))
+        for warm in run.warm:
+            warm()
+        if proc is not None:
+            assert proc.stdout.readline().strip() == "subscribed"
+            assert run.liveview.wait_for_clients(30)
+            if viewer == "frozen":
+                os.kill(proc.pid, signal.SIGSTOP)
+        g = run.graph
+        t0 = time.perf_counter()
+        g.start()
+        g.wait()
+        wall = time.perf_counter() - t0
+        g.raise_error()
+        run.recorder.close()
+        lv = run.liveview
+        lv.close()
+        st = lv.stats()
+        done = g.stats.done
+    finally:
+        if proc is not None:
+            if viewer == "frozen":
+                os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
+    return {"fps": done / wall, "done": done, **st}
+
+
+def _liveview_bench() -> None:
+    from benchmarks.bench_pipeline import _drive
+
+    drive = _drive()
+    out = Path(os.environ.get("SEGFUSE_BENCH_OUT", "out/bench")) / "liveview"
+    runs: dict[str, list[dict]] = {"none": [], "reading": [], "frozen": []}
+    for k in range(LIVE_ROUNDS):                 # interleaved, so a noisy machine hits all three alike
+        for v in runs:
+            runs[v].append(_live_run(drive, out / f"{v}_{k}", v))
+    res = {}
+    for v, rs in runs.items():
+        med = sorted(rs, key=lambda r: r["fps"])[len(rs) // 2]
+        res[v] = dict(med, fps=float(np.median([r["fps"] for r in rs])),
+                      cpu_ms_per_frame=float(np.median([r["cpu_ms_per_frame"] for r in rs])),
+                      wall_ms_per_frame=float(np.median([r["wall_ms_per_frame"] for r in rs])),
+                      client_backlog_full=sum(r["client_backlog_full"] for r in rs),
+                      dropped=sum(r["dropped"] for r in rs), sent=sum(r["sent"] for r in rs))
+    base = res["none"]["fps"]
+    print(f"live view (foxglove-sdk WebSocket, loopback), whole pipeline with ground-truth masks + recorder, "
+          f"{LIVE_FRAMES} full-size frames, replay as fast as possible; {LIVE_ROUNDS} interleaved rounds, medians "
+          f"(sent/dropped/outbox full: totals)")
+    print(f"{'viewer':<40}{'frames/s':>10}{'ratio':>8}{'CPU ms/frame':>14}{'wall ms/frame':>15}{'sent':>6}"
+          f"{'dropped':>9}{'outbox full':>13}")
+    for v, label in (("none", "none (baseline)"), ("reading", "one, reading every channel"),
+                     ("frozen", "one, subscribed to all, then SIGSTOP")):
+        r = res[v]
+        print(f"{label:<40}{r['fps']:>10.2f}{r['fps'] / base:>8.2f}{r['cpu_ms_per_frame']:>14.1f}"
+              f"{r['wall_ms_per_frame']:>15.1f}{r['sent']:>6}{r['dropped']:>9}{r['client_backlog_full']:>13}")
+    print(f"live view cost per frame (a viewer reading everything): {res['reading']['cpu_ms_per_frame']:.1f} ms CPU; "
+          f"frozen viewer throughput ratio {res['frozen']['fps'] / base:.2f} (target >= 0.90: "
+          f"{'met' if res['frozen']['fps'] / base >= 0.9 else 'MISSED'})")
+
+
 def main() -> None:
+    _liveview_bench()
     payloads = _payloads()
     base = _measure(False, payloads)
     ours = _measure(True, payloads)
@@ -133,5 +243,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
     if len(sys.argv) > 1 and sys.argv[1] == "sub":
         _subscriber(sys.argv[2], sys.argv[3] == "1")
+    elif len(sys.argv) > 1 and sys.argv[1] == "viewer":
+        _viewer(int(sys.argv[2]), sys.argv[3] == "frozen")
     else:
         main()

@@ -74,8 +74,10 @@ def read_recording(path: str | Path) -> dict[str, Any]:
                         objs.append((d.id, hyp.class_id if hyp else "", float(hyp.score) if hyp else 0.0,
                                      np.array([c.x, c.y, c.z]), np.array([s.x, s.y, s.z]), np.array([m.x, m.y, m.z])))
                     out["objects"][stamp] = objs
-                elif conn.topic == TOPIC_STATUS:
-                    out["status"].append(json.loads(msg.data))
+                elif conn.topic == TOPIC_STATUS:               # segfuse_msgs/FrameStatus
+                    out["status"].append({k: getattr(msg, k) for k in (
+                        "frame", "camera_seq", "camera_stamp_ns", "lidar_stamp_ns", "lidar_missing", "fused",
+                        "ego_motion", "frames_dropped")})
                 else:
                     out["run_info"] = json.loads(msg.data)
     except InputDataError:

@@ -169,6 +169,31 @@ class GraphView:
         return {"nodes": nodes, "publishers": pubs}
 
 
+def declare_history_subscriber(session, key: str, callback):
+    """A Zenoh advanced subscriber that also asks late for the cached (latched) samples of
+    publishers that come up after it (``/tf_static``, run info; rmw_zenoh's transient local)."""
+    import zenoh.ext
+
+    return zenoh.ext.declare_advanced_subscriber(
+        session, key, callback, history=zenoh.ext.HistoryConfig(detect_late_publishers=True, max_samples=1))
+
+
+def schema_lines(heard: dict) -> list[str]:
+    """The output schema (pipeline.sinks.schema) against what was heard: one line per topic."""
+    import re
+
+    from pipeline.sinks.schema import TOPICS
+
+    lines = []
+    for spec in TOPICS:
+        pat = re.compile("^" + re.escape(spec.name).replace(re.escape("{cam}"), "[^/]+") + "$")
+        got = sorted(t for t in heard if pat.match(t))
+        types = {heard[t]["msgtype"] for t in got}
+        mark = "ok" if got and types == {spec.msgtype} else ("TYPE " + ",".join(sorted(types)) if got else "-")
+        lines.append(f"  {spec.name:<30} {spec.msgtype:<36} {mark:<4} {', '.join(got) if got else '(' + spec.when + ')'}")
+    return lines
+
+
 def listen(args: argparse.Namespace) -> int:
     import json
     import queue
@@ -211,7 +236,7 @@ def listen(args: argparse.Namespace) -> int:
     try:
         sink = make_recorder(args.record, decoder.ts) if args.record else None
         lv_sub = session.liveliness().declare_subscriber(liveliness_selector(args.domain_id), on_token, history=True)
-        sub = session.declare_subscriber(f"{args.domain_id}/segfuse/**", on_sample)
+        sub = declare_history_subscriber(session, f"{args.domain_id}/**", on_sample)
     except BaseException:
         for h in (lv_sub, sub):
             if h is not None:
@@ -288,6 +313,8 @@ def listen(args: argparse.Namespace) -> int:
             sys.stdout.write(line + "\n")
     if not args.quiet:
         sys.stdout.write(_table(stats, time.monotonic()) + "\n")
+        sys.stdout.write("output schema (docs/publishing.md): topic, type, heard\n" + "\n".join(schema_lines(stats))
+                         + "\n")
     sys.stdout.write(f"segfuse listen: {total} samples, {len(malformed)} malformed"
                      + (f", recorded to {args.record}" if args.record else "") + "\n")
     if args.json:
@@ -300,10 +327,10 @@ def listen(args: argparse.Namespace) -> int:
 
 
 def _table(stats: dict, now: float) -> str:
-    lines = [f"{'topic':<32}{'count':>7}{'rate Hz':>9}{'lat sensor ms':>15}{'lat put ms':>12}{'size kB':>10}"]
+    lines = [f"{'topic':<34}{'count':>7}{'rate Hz':>9}{'lat sensor ms':>15}{'lat put ms':>12}{'size kB':>10}"]
     for topic, s in sorted(stats.items()):
         span = s.get("last", now) - s["first"]
         rate = (s["count"] - 1) / span if s["count"] > 1 and span > 0 else 0.0
-        lines.append(f"{topic:<32}{s['count']:>7}{rate:>9.1f}{s['sensor_lat_ms']:>15.1f}{s['put_lat_ms']:>12.2f}"
+        lines.append(f"{topic:<34}{s['count']:>7}{rate:>9.1f}{s['sensor_lat_ms']:>15.1f}{s['put_lat_ms']:>12.2f}"
                      f"{s['bytes'] / max(s['count'], 1) / 1e3:>10.1f}")
     return "\n".join(lines)

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 # short name -> topic (camera topics take the camera id)
 SHORT_TOPICS = {"points": "/segfuse/points", "objects": "/segfuse/objects", "lane_lines": "/segfuse/lane_lines",
-                "status": "/segfuse/status", "semantic": "/segfuse/{cam}/semantic", "instance": "/segfuse/{cam}/instance"}
+                "lanes": "/segfuse/lanes", "markers": "/segfuse/markers", "status": "/segfuse/status",
+                "run_info": "/segfuse/run_info", "tf": "/tf", "tf_static": "/tf_static", "clock": "/clock",
+                "semantic": "/segfuse/{cam}/semantic", "instance": "/segfuse/{cam}/instance",
+                "camera_info": "/segfuse/{cam}/camera_info"}
 
 
 @dataclass
@@ -138,7 +141,11 @@ class FusedSubscriber:
             from pipeline.errors import ConfigError
 
             raise ConfigError(f"cannot open a Zenoh session: {exc}", field="subscriber.connect/listen") from exc
-        self._sub = self.session.declare_subscriber(f"{int(domain_id)}/segfuse/**", self._on_sample)
+        from pipeline.listen_cli import declare_history_subscriber
+
+        # every topic of the domain (the schema has /tf, /tf_static, /clock besides /segfuse/...),
+        # with the latched ones' cached samples from publishers that were up first
+        self._sub = declare_history_subscriber(self.session, f"{int(domain_id)}/**", self._on_sample)
 
     def _on_sample(self, sample: Any) -> None:
         try:

@@ -10,7 +10,7 @@ them (``python -m pipeline.config_docs``).
 | ``sync`` | SyncConfig | pipeline/sync.py |
 | ``engines`` | EnginesConfig (+ engines.factory.EngineConfig per model) | pipeline/stages.py |
 | ``fusion`` | FusionConfig | pipeline/fusion/config.py |
-| ``sinks.recorder`` / ``overlay`` / ``publisher`` | RecorderConfig / OverlayConfig / PublisherConfig | pipeline/sinks/ |
+| ``sinks.recorder`` / ``overlay`` / ``publisher`` / ``liveview`` | RecorderConfig / OverlayConfig / PublisherConfig / LiveViewConfig | pipeline/sinks/ |
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pipeline.config import load_yaml, parse_section, setting
 from pipeline.errors import ConfigError
 from pipeline.fusion.config import FusionConfig
 from pipeline.runner import POLICIES, RunOptions
+from pipeline.sinks.liveview import LiveViewConfig
 from pipeline.sinks.overlay import OverlayConfig
 from pipeline.sinks.publisher import PublisherConfig
 from pipeline.sinks.recorder import RecorderConfig
@@ -39,6 +40,7 @@ class SinksConfig:
     recorder: RecorderConfig = setting(factory=RecorderConfig, doc="the recording")
     overlay: OverlayConfig = setting(factory=OverlayConfig, doc="the overlay video")
     publisher: PublisherConfig = setting(factory=PublisherConfig, doc="live results over Zenoh")
+    liveview: LiveViewConfig = setting(factory=LiveViewConfig, doc="the Foxglove live view (WebSocket)")
 
 
 @dataclass(kw_only=True)

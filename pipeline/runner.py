@@ -77,6 +77,7 @@ class Run:
     recorder: Any = None              # pipeline.sinks.recorder.Recorder (also in sinks)
     overlay: Any = None               # pipeline.sinks.overlay.OverlayVideo
     publisher: Any = None             # pipeline.sinks.publisher.ZenohPublisher
+    liveview: Any = None              # pipeline.sinks.liveview.LiveView
     engines: dict[str, Any] = field(default_factory=dict)
     masks_label: str = ""
     out: Path = Path(".")
@@ -141,7 +142,7 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
     given = dict(engines or {})
     engines = dict(given)
     sinks: list[Any] = []
-    recorder = overlay = publisher = None
+    recorder = overlay = publisher = liveview = None
     try:
         main = opened.sources[0]
         if cfg.masks == "ground_truth" and not main.info.has_truth:
@@ -157,13 +158,15 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         sink_stages = []
         sc = cfg.sinks
+        run_info = {"masks": cfg.masks, "masks_label": label, "oracle": cfg.masks == "ground_truth",
+                    "input": main.info.name, "policy": cfg.run.policy, "config": Path(cfg.path).name,
+                    "taxonomy": list(taxonomy.names), "camera": opened.camera_id, "lidar": opened.lidar_id}
+        # every sink carries the same topics (pipeline.sinks.schema): the same flags for all
+        schema_flags = {"has_poses": any(s.info.has_poses for s in opened.sources),
+                        "replay": cfg.run.policy == "replay", "camera_image": sc.recorder.camera_image}
         if sc.recorder.enabled:
-            run_info = {"masks": cfg.masks, "masks_label": label, "oracle": cfg.masks == "ground_truth",
-                        "input": main.info.name, "policy": cfg.run.policy, "config": Path(cfg.path).name,
-                        "taxonomy": list(taxonomy.names), "camera": opened.camera_id, "lidar": opened.lidar_id}
             recorder = Recorder(out, opened.rig, taxonomy, camera_id=opened.camera_id, lidar_id=opened.lidar_id,
-                                run_info=run_info, compression=sc.recorder.compression,
-                                camera_image=sc.recorder.camera_image)
+                                run_info=run_info, compression=sc.recorder.compression, **schema_flags)
             sinks.append(recorder)
             sink_stages.append(Stage("record", recorder.write, (FrameResult,)))
         if sc.overlay.enabled:
@@ -177,9 +180,23 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
             from pipeline.sinks.publisher import ZenohPublisher
 
             publisher = ZenohPublisher(sc.publisher, opened.rig, taxonomy, camera_id=opened.camera_id,
-                                       lidar_id=opened.lidar_id)
+                                       lidar_id=opened.lidar_id, run_info=_run_info_json(recorder, run_info),
+                                       **schema_flags)
             sinks.append(publisher)
             sink_stages.append(Stage("publish", publisher.write, (FrameResult,)))
+        if sc.liveview.enabled:
+            from pipeline.sinks.liveview import LiveView
+
+            liveview = LiveView(sc.liveview, opened.rig, taxonomy, camera_id=opened.camera_id,
+                                lidar_id=opened.lidar_id, run_info=_run_info_json(recorder, run_info), **schema_flags)
+            sinks.append(liveview)
+            sink_stages.append(Stage("liveview", liveview.write, (FrameResult,)))
+        from pipeline.sinks.messages import FrameCache
+
+        cache = FrameCache() if sum(x is not None for x in (recorder, publisher, liveview)) > 1 else None
+        for sink in (recorder, publisher, liveview):
+            if sink is not None:
+                sink.cache = cache               # one frame's messages built once for all the sinks
         sync = Synchronizer(cfg.sync, has_lidar=opened.lidar_id is not None,
                             has_poses=any(s.info.has_poses for s in opened.sources), live=cfg.run.policy == "live")
         graph = Graph(opened.sources, sync, stages, cfg.run, sinks=sink_stages)
@@ -191,8 +208,13 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
                 e.close()
         opened.close()
         raise
-    return Run(cfg, opened, graph, sync, sinks, recorder, overlay, publisher, engines, label, out, warm,
+    return Run(cfg, opened, graph, sync, sinks, recorder, overlay, publisher, liveview, engines, label, out, warm,
                owns_engines=not given)
+
+
+def _run_info_json(recorder: Any, run_info: dict[str, Any]) -> str:
+    """/segfuse/run_info's text: the recorder's (with the recording format) when there is one."""
+    return recorder._run_info if recorder is not None else json.dumps(run_info, sort_keys=True)
 
 
 def _warm_engine(engine: Any) -> None:
@@ -247,6 +269,8 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
         run.close_engines()
         if run.publisher is not None:
             run.publisher.close()
+        if run.liveview is not None:
+            run.liveview.close()
     summary = make_summary(run, time.monotonic() - t0, recording, video)
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -305,6 +329,7 @@ def make_summary(run: Run, seconds: float, recording: Path | None, video: Path |
         "max_in_flight": g.max_in_flight, "capacity": run.graph.capacity,
         "published": ({"frames": run.publisher.frames, "samples": run.publisher.samples,
                        "errors": run.publisher.errors} if run.publisher is not None else None),
+        "liveview": run.liveview.stats() if run.liveview is not None else None,
         "out": str(run.out), "recording": str(recording) if recording else None,
         "overlay": str(video) if video else None,
     }

@@ -131,6 +131,8 @@ class RosQos:
 # rmw_zenoh does for a RELIABLE + KEEP_ALL publisher (rmw_publisher_data.cpp)
 PUBLISHER_QOS = {"latest": RosQos(reliability=BEST_EFFORT, history=KEEP_LAST, depth=1),
                  "reliable": RosQos(reliability=RELIABLE, history=KEEP_ALL)}
+# latched topics (/tf_static, run info): reliable, transient local, keep last 1, whatever the mode
+LATCHED_QOS = RosQos(reliability=RELIABLE, durability=TRANSIENT_LOCAL, history=KEEP_LAST, depth=1)
 
 
 def _opt(value: int, default: int) -> str:
@@ -342,6 +344,20 @@ def gid_of(keyexpr: str) -> bytes:
     return (h & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little") + (h >> 64).to_bytes(8, "little")
 
 
+LOOPBACK_LISTEN = "tcp/127.0.0.1:0"     # where a session listens when nobody named an endpoint
+
+
+def listen_endpoints(conf: Any, mode: str) -> list[str]:
+    """The endpoints a zenoh.Config listens on in ``mode`` (for the start-up log line)."""
+    try:
+        value = json.loads(conf.get_json("listen/endpoints"))
+    except Exception:                   # an odd config: say so rather than guess
+        return ["?"]
+    if isinstance(value, dict):
+        value = value.get(mode, [])
+    return [str(v) for v in value]
+
+
 def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen: list[str] | None = None,
                  config_file: str | None = None, shared_memory: bool = False, multicast_scouting: bool = False,
                  field_prefix: str = "sinks.publisher.") -> Any:
@@ -366,7 +382,13 @@ def zenoh_config(*, mode: str = "peer", connect: list[str] | None = None, listen
             conf.insert_json5("connect/endpoints", json.dumps(list(connect)))
         if listen:
             conf.insert_json5("listen/endpoints", json.dumps(list(listen)))
+        elif conf.get_json("listen/endpoints") == zenoh.Config().get_json("listen/endpoints"):
+            # nothing named: loopback only (Zenoh's default listens on every interface, tcp/[::]:0)
+            conf.insert_json5("listen/endpoints", json.dumps(
+                {"router": ["tcp/127.0.0.1:7447"], "peer": [LOOPBACK_LISTEN], "client": []}))
         conf.insert_json5("scouting/multicast/enabled", json.dumps(bool(multicast_scouting)))
+        # advanced publishers (latched topics' cache, as rmw_zenoh's transient local) need timestamps
+        conf.insert_json5("timestamping/enabled", json.dumps({"router": True, "peer": True, "client": True}))
         # explicit both ways: zenoh 1.x has shared memory on by default (and copies large
         # payloads into it by itself), so "off" has to be said to mean off
         conf.insert_json5("transport/shared_memory/enabled", json.dumps(bool(shared_memory)))

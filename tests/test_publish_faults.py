@@ -22,7 +22,7 @@ def child_publish_status(ep: str, first: int, n: int, garbage: bool) -> None:
     from pipeline.sinks.publisher import TOPIC_FRAME_STATUS, PublisherConfig, ZenohPublisher
 
     pub = ZenohPublisher(PublisherConfig(enabled=True, connect=[ep], qos="reliable", wait_subscribers_s=10), None,
-                         None, camera_id="camera_front", lidar_id=None)
+                         None, camera_id="camera_front", lidar_id="lidar_top")
     T = pub._ts.types
     for frame in range(first, first + n):
         msg = T["segfuse_msgs/msg/FrameStatus"](
@@ -66,7 +66,7 @@ def child_publish_flood(ep: str, n: int) -> None:
     from pipeline.sinks.publisher import TOPIC_POINTS, PublisherConfig, ZenohPublisher
 
     pub = ZenohPublisher(PublisherConfig(enabled=True, connect=[ep], qos="latest", wait_subscribers_s=10), None,
-                         None, camera_id="camera_front", lidar_id=None)
+                         None, camera_id="camera_front", lidar_id="lidar_top")
     payload = os.urandom(3_400_000)          # a fused cloud's size
     for _ in range(n):
         pub.put_cdr(TOPIC_POINTS, payload)

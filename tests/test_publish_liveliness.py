@@ -186,7 +186,7 @@ def test_publisher_announces_its_node_and_topics_and_leaves_on_close(qos):
     from pipeline.sinks.publisher import PublisherConfig, ZenohPublisher
     from pipeline.zenoh_keys import zenoh_config
     from pipeline.zenoh_keys import gid_of
-    from pipeline.zenoh_keys import (PUBLISHER_QOS, decode_attachment, liveliness_selector, parse_liveliness_token,
+    from pipeline.zenoh_keys import (LATCHED_QOS, PUBLISHER_QOS, decode_attachment, liveliness_selector, parse_liveliness_token,
                                      topic_key, type_hash)
 
     ep = f"tcp/127.0.0.1:{free_port()}"
@@ -195,9 +195,10 @@ def test_publisher_announces_its_node_and_topics_and_leaves_on_close(qos):
     pub = None
     try:
         pub = ZenohPublisher(PublisherConfig(enabled=True, connect=[ep], qos=qos, domain_id=3), None, None,
-                             camera_id="camera_front", lidar_id=None)
+                             camera_id="camera_front", lidar_id="lidar_top")
+        from pipeline.sinks.schema import topics_for
         n_topics = len(pub.topics)
-        assert n_topics == 6
+        assert list(pub.topics) == list(topics_for("camera_front", has_camera=False, replay=True))   # no rig
         assert graph.wait(lambda alive: len(alive) == 1 + n_topics), graph.alive
         ents = [parse_liveliness_token(k) for k in graph.alive]
         nodes = [e for e in ents if e.kind == "NN"]
@@ -213,7 +214,7 @@ def test_publisher_announces_its_node_and_topics_and_leaves_on_close(qos):
             e = pubs[topic]
             assert (e.domain_id, e.zid, e.node_id, e.node, e.namespace) == (3, zid, 0, "/segfuse", "/")
             assert e.msgtype == msgtype and e.type_hash == type_hash(ts, msgtype)
-            assert e.qos == PUBLISHER_QOS[qos]
+            assert e.qos == (LATCHED_QOS if pub.schema[topic].qos == "latched" else PUBLISHER_QOS[qos])
             # the data key an rmw_zenoh subscriber derives from the token is the one we put on
             assert topic_key(e.domain_id, e.topic, e.msgtype, e.type_hash) == pub.keys[topic]
             assert pub.tokens[topic] in graph.alive
@@ -223,7 +224,7 @@ def test_publisher_announces_its_node_and_topics_and_leaves_on_close(qos):
         assert pubs["/segfuse/status"].type_name == "segfuse_msgs::msg::dds_::FrameStatus_"
         # every put carries the GID rmw_zenoh computes for the publisher's token
         heard = []
-        sub = observer.declare_subscriber("3/segfuse/**", lambda smp: heard.append(smp.attachment.to_bytes()))
+        sub = observer.declare_subscriber("3/**", lambda smp: heard.append(smp.attachment.to_bytes()))
         assert pub.wait_for_subscribers(10)
         pub.put_cdr("/segfuse/status", b"\x00\x01\x00\x00")
         for _ in range(200):
@@ -267,14 +268,16 @@ def test_tokens_vanish_when_the_publisher_process_dies(tmp_path):
     code = ("import sys, time\n"
             "from pipeline.sinks.publisher import PublisherConfig, ZenohPublisher\n"
             f"pub = ZenohPublisher(PublisherConfig(enabled=True, connect=[{ep!r}]), None, None, camera_id='cam',"
-            " lidar_id=None)\n"
+            " lidar_id='lidar_top')\n"
             "print('up', flush=True)\n"
             "time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "up"
-        assert graph.wait(lambda alive: len(alive) == 7), graph.alive
+        from pipeline.sinks.schema import topics_for
+        n = 1 + len(topics_for("cam", has_camera=False, replay=True))          # the node and its publishers
+        assert graph.wait(lambda alive: len(alive) == n), graph.alive
         t0 = time.monotonic()
         proc.kill()
         proc.wait(timeout=10)

@@ -131,9 +131,10 @@ def test_live_policy_drops_old_frames_and_keeps_latency_bounded(drive, tmp_path)
     assert f["in"] == FRAMES
     assert f["dropped"] > 0 and f["done"] + f["dropped"] == FRAMES and f["recorded"] == f["done"]
     assert s["max_in_flight"] <= s["capacity"]
-    status = [json.loads(m.data) for m in read_messages(tmp_path / "out" / "recording", "/segfuse/frame_status")]
-    assert status[-1]["camera_seq"] == FRAMES - 1                  # the newest frame got through
-    assert [st["camera_seq"] for st in status] == sorted(st["camera_seq"] for st in status)
+    status = read_messages(tmp_path / "out" / "recording", "/segfuse/status")     # segfuse_msgs/FrameStatus
+    assert status[-1].camera_seq == FRAMES - 1                     # the newest frame got through
+    assert [st.camera_seq for st in status] == sorted(st.camera_seq for st in status)
+    assert 0 < status[-1].frames_dropped <= f["dropped"]            # the graph's count, as it was then
 
 
 def test_sigterm_mid_drive_drains_and_closes_a_valid_recording(drive, tmp_path):
@@ -214,9 +215,9 @@ def test_corrupt_image_truncated_cloud_and_unknown_type_are_skipped_counted_and_
 
     shown = render_summary(dict(s, source_dropped={"zenoh://rslidar": 7}))   # as a live Zenoh LiDAR reports it
     assert "3 skipped (message 1, image 1, cloud 1); 7 dropped by zenoh://rslidar (queue full)" in shown
-    status = [json.loads(m.data) for m in read_messages(tmp_path / "out" / "recording", "/segfuse/frame_status")]
-    assert [st["camera_seq"] for st in status if st["lidar_missing"]] == [4]
-    assert [st["camera_seq"] for st in status] == [k for k in range(FRAMES) if k != 2]
+    status = read_messages(tmp_path / "out" / "recording", "/segfuse/status")
+    assert [st.camera_seq for st in status if st.lidar_missing] == [4]
+    assert [st.camera_seq for st in status] == [k for k in range(FRAMES) if k != 2]
 
 
 def test_kitti_raw_drive_with_a_truncated_scan(tmp_path):

@@ -1,17 +1,17 @@
 """Publisher sink: the run's results over Zenoh, as ROS 2 messages an rmw_zenoh node can take.
 
-Every message is CDR (rosbags ``serialize_cdr``, the same message objects the recorder writes:
-both use :class:`pipeline.sinks.recorder.RosMessages`), put on the rmw_zenoh key expression of
-its topic with the rmw_zenoh attachment (pipeline.zenoh_keys; docs/publishing.md).
+Every message is CDR (rosbags ``serialize_cdr``), built by the same code as the recorder's
+(:class:`pipeline.sinks.messages.RosMessages`), on the topics of the output schema
+(pipeline.sinks.schema; the table in docs/publishing.md), put on the rmw_zenoh key expression of
+its topic with the rmw_zenoh attachment (pipeline.zenoh_keys). Latched topics (``/tf_static``,
+``/segfuse/run_info``) are announced transient local and put through a Zenoh advanced publisher
+with a one-sample cache (as rmw_zenoh does for transient local), so a subscriber that comes
+late still gets them (with history; ``segfuse listen`` and the planner API ask for it).
 
-| topic | type |
-|---|---|
-| ``/segfuse/points`` | sensor_msgs/msg/PointCloud2 (x, y, z, intensity, class_id, flags, instance_id, score) |
-| ``/segfuse/{cam}/semantic`` | sensor_msgs/msg/Image mono8 (class ids; never compressed) |
-| ``/segfuse/{cam}/instance`` | sensor_msgs/msg/Image mono16 (instance ids, 0 none) |
-| ``/segfuse/objects`` | vision_msgs/msg/Detection3DArray |
-| ``/segfuse/lane_lines`` | segfuse_msgs/msg/LaneLineArray (cubics, x range, type, confidence) |
-| ``/segfuse/status`` | segfuse_msgs/msg/FrameStatus (stamps, latency, drops, flags) |
+Listening: with no ``listen`` endpoints (and none in ``config_file``) the session listens on
+``tcp/127.0.0.1:0`` only (Zenoh's own default is every interface); where it listens is logged
+at start. Off the host: TLS endpoints with certificates (mutual TLS) and Zenoh access control
+in ``config_file`` (docs/publishing.md, "Security").
 
 QoS: ``latest`` (default) puts with congestion control DROP, so a slow or vanished subscriber
 never stalls the pipeline thread; ``reliable`` puts with BLOCK (for recorders: nothing is lost,
@@ -33,18 +33,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from pipeline.config import setting
 from pipeline.errors import ConfigError
-from pipeline.types import FrameResult
-from pipeline.zenoh_keys import MODES, zenoh_config
-from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, RosMessages, instance_topic, semantic_topic
+from pipeline.sinks.messages import (  # noqa: F401  (re-exported)
+    TOPIC_LANE_LINES, TOPIC_OBJECTS, TOPIC_POINTS, TOPIC_STATUS, RosMessages, frame_view)
+from pipeline.zenoh_keys import LOOPBACK_LISTEN, MODES, listen_endpoints, zenoh_config  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-TOPIC_LANE_LINES = "/segfuse/lane_lines"
-TOPIC_FRAME_STATUS = "/segfuse/status"
+TOPIC_FRAME_STATUS = TOPIC_STATUS
 T_CLOUD = "sensor_msgs/msg/PointCloud2"
 T_IMAGE = "sensor_msgs/msg/Image"
 T_OBJECTS = "vision_msgs/msg/Detection3DArray"
@@ -73,7 +70,8 @@ class PublisherConfig:
     mode: str = setting("peer", choices=MODES, doc="the Zenoh session's mode")
     connect: list[str] = setting(factory=list, parse=_endpoints, doc="endpoints to connect to, e.g. "
                                  "tcp/127.0.0.1:7447")
-    listen: list[str] = setting(factory=list, parse=_endpoints, doc="endpoints to listen on")
+    listen: list[str] = setting(factory=list, parse=_endpoints, doc="endpoints to listen on; none (here and in "
+                                "config_file): tcp/127.0.0.1:0, loopback only")
     config_file: str | None = setting(None, doc="a Zenoh JSON5 config file; the keys here override it")
     domain_id: int = setting(0, min=0, max=232, doc="the ROS domain id in every key expression")
     qos: str = setting("latest", choices=QOS, doc="latest: drop for slow subscribers (never stalls); reliable: "
@@ -98,30 +96,26 @@ def session_config(cfg: PublisherConfig) -> Any:
 
 
 class ZenohPublisher(RosMessages):
-    """``write(result)`` per frame from one thread, ``close()`` once (``abort()`` = close)."""
+    """``write(result)`` per frame (a pipeline.types.FrameResult) from one thread, ``close()`` once
+    (``abort()`` = close)."""
 
-    def __init__(self, cfg: PublisherConfig, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None) -> None:
+    def __init__(self, cfg: PublisherConfig, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None,
+                 has_poses: bool = False, replay: bool = True, camera_image: bool = False,
+                 run_info: str = "{}") -> None:
         import zenoh
+        import zenoh.ext
 
-        from pipeline.msgs import make_typestore
-        from pipeline.zenoh_keys import PUBLISHER_QOS, gid_of, node_token, publisher_token, topic_key, type_hash
+        from pipeline.zenoh_keys import LATCHED_QOS, PUBLISHER_QOS, gid_of, node_token, publisher_token, topic_key, type_hash
 
         self.cfg = cfg
-        self.taxonomy = taxonomy
-        self._ts = make_typestore()
-        cam = rig.camera(camera_id) if rig is not None and camera_id in rig.camera_names else None
-        self._cam_frame = cam.frame_id if cam is not None else f"{camera_id}_optical"
-        lid = None
-        if rig is not None and lidar_id is not None:
-            lid = rig.lidar(lidar_id if lidar_id in rig.lidar_names else None)
-        self._lidar_frame = lid.frame_id if lid is not None else (lidar_id or "lidar")
-        self.topics = {TOPIC_POINTS: T_CLOUD, semantic_topic(camera_id): T_IMAGE, instance_topic(camera_id): T_IMAGE,
-                       TOPIC_OBJECTS: T_OBJECTS, TOPIC_LANE_LINES: T_LANES, TOPIC_FRAME_STATUS: T_STATUS}
+        self._init_messages(rig, taxonomy, camera_id=camera_id, lidar_id=lidar_id, has_poses=has_poses,
+                            replay=replay, camera_image=camera_image, run_info=run_info)
         conf = session_config(cfg)
         try:
             self.session = zenoh.open(conf)
         except Exception as exc:
             raise ConfigError(f"cannot open a Zenoh session: {exc}", field="sinks.publisher") from exc
+        self.listening = listen_endpoints(conf, cfg.mode) if cfg.mode != "client" else []
         cc = zenoh.CongestionControl.BLOCK if cfg.qos == "reliable" else zenoh.CongestionControl.DROP
         self.congestion_control = cc
         self.keys: dict[str, str] = {}
@@ -135,14 +129,22 @@ class ZenohPublisher(RosMessages):
         self.tokens: dict[str, str] = {}
         self._lv: list[Any] = []
         self._declare_token(self.node_token)
-        for entity_id, (topic, msgtype) in enumerate(self.topics.items(), start=1):
+        for entity_id, (topic, spec) in enumerate(self.schema.items(), start=1):
+            msgtype = spec.msgtype
             thash = type_hash(self._ts, msgtype)
             key = topic_key(cfg.domain_id, topic, msgtype, thash)
             self.keys[topic] = key
-            self._pubs[topic] = self.session.declare_publisher(key, congestion_control=cc,
-                                                               reliability=zenoh.Reliability.RELIABLE)
+            if spec.qos == "latched":       # transient local: cached for late subscribers, never dropped
+                self._pubs[topic] = zenoh.ext.declare_advanced_publisher(
+                    self.session, key, congestion_control=zenoh.CongestionControl.BLOCK,
+                    reliability=zenoh.Reliability.RELIABLE, cache=zenoh.ext.CacheConfig(1), publisher_detection=True)
+                qos = LATCHED_QOS
+            else:
+                self._pubs[topic] = self.session.declare_publisher(key, congestion_control=cc,
+                                                                   reliability=zenoh.Reliability.RELIABLE)
+                qos = PUBLISHER_QOS[cfg.qos]
             self.tokens[topic] = publisher_token(cfg.domain_id, self.zid, 0, entity_id, NODE_NAME, topic, msgtype,
-                                                 thash, PUBLISHER_QOS[cfg.qos], namespace=NODE_NAMESPACE)
+                                                 thash, qos, namespace=NODE_NAMESPACE)
             # the GID in every attachment is the one rmw_zenoh gives this entity: XXH3-128 of its token
             self._gids[topic] = gid_of(self.tokens[topic])
             self._seq[topic] = 0
@@ -158,10 +160,13 @@ class ZenohPublisher(RosMessages):
                 log.warning("shared memory unavailable (%s): publishing from plain buffers", exc)
         self._lock = threading.Lock()
         self._state = "open"
+        self._started = False
         self.frames = 0
         self.samples = 0
         self.bytes = 0
         self.errors = 0
+        log.info("Zenoh publisher (%s) listening on %s, connecting to %s", cfg.mode,
+                 ", ".join(self.listening) or "nothing", ", ".join(cfg.connect) or "nothing")
         if cfg.wait_subscribers_s > 0:
             self.wait_for_subscribers(cfg.wait_subscribers_s)
         log.info("publishing on Zenoh (%s, qos %s%s): %s", cfg.mode, cfg.qos, ", shared memory" if self._shm else "",
@@ -177,7 +182,7 @@ class ZenohPublisher(RosMessages):
         """Wait (bounded) until every topic has a matching subscriber; True when they all do."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(p.matching_status.matching for p in self._pubs.values()):
+            if all(p.matching_status.matching for t, p in self._pubs.items() if self.schema[t].qos != "latched"):
                 return True
             time.sleep(0.02)
         return False
@@ -204,60 +209,29 @@ class ZenohPublisher(RosMessages):
         self.samples += 1
         self.bytes += len(payload)
 
-    def _publish(self, topic: str, msg: Any) -> None:
+    def _publish(self, topic: str, msg: Any, stamp_ns: int | None = None) -> None:
         self.put_cdr(topic, self._ts.serialize_cdr(msg, self.topics[topic]))
 
-    def write(self, result: FrameResult) -> None:
-        """Publish one frame's results; errors are counted, never raised."""
+    def write(self, work: Any) -> None:
+        """Publish one frame's results (the output schema's topics); errors are counted, never raised."""
         if self._state != "open":
             return
         try:
             with self._lock:
-                self._write(result)
+                self._write(work)
         except Exception as exc:          # a publishing failure must not fail the run or the recording
             self.errors += 1
-            log.warning("publisher: frame %s not published: %s", result.index, exc)
+            log.warning("publisher: frame %s not published: %s", getattr(work, "index", "?"), exc)
 
-    def _write(self, result: FrameResult) -> None:
-        cam = result.camera
-        cam_ns = int(cam.stamp_ns)
-        cid = cam.camera_id
-        sweep = result.frame.lidar
-        res = result.fusion
-        if res is not None and sweep is not None:
-            self._publish(TOPIC_POINTS, self._cloud(sweep.stamp_ns, res.cloud))
-        sem = result.masks.semantic.get(cid)
-        if sem is not None and semantic_topic(cid) in self.topics:
-            self._publish(semantic_topic(cid), self._image(cam_ns, sem.class_ids, "mono8"))
-        imap = result.masks.instance_maps.get(cid)
-        if imap is not None and instance_topic(cid) in self.topics:
-            self._publish(instance_topic(cid), self._image(cam_ns, imap.ids, "mono16"))
-        if res is not None and sweep is not None:
-            self._publish(TOPIC_OBJECTS, self._objects(cam_ns, res.objects))
-            self._publish(TOPIC_LANE_LINES, self._lane_lines(cam_ns, res.lanes))
-        self._publish(TOPIC_FRAME_STATUS, self._status(result, cam_ns))
+    def _write(self, work: Any) -> None:
+        v = frame_view(work)
+        if not self._started:
+            self._started = True
+            for topic, _, _, msg in self.start_messages(self.first_stamp(v)):
+                self._publish(topic, msg)
+        for topic, _, _, data in self.frame_cdr(v, live=True):
+            self.put_cdr(topic, data)
         self.frames += 1
-
-    def _lane_lines(self, stamp_ns: int, lanes: list) -> Any:
-        T = self._ts.types
-        lines = [T["segfuse_msgs/msg/LaneLine"](coefficients=np.asarray(lane.coeffs, np.float64).reshape(4).copy(),
-                                                x_min_m=float(lane.x_min_m), x_max_m=float(lane.x_max_m),
-                                                type=str(lane.type), confidence=float(lane.confidence))
-                 for lane in lanes]
-        return T[T_LANES](header=self._header(stamp_ns, "base_link"), lines=lines)
-
-    def _status(self, result: FrameResult, cam_ns: int) -> Any:
-        sweep = result.frame.lidar
-        res = result.fusion
-        latency_ms = (time.monotonic_ns() - int(result.received_ns)) / 1e6 if result.received_ns else -1.0
-        dropped = int(result.counters.dropped)
-        return self._ts.types[T_STATUS](
-            header=self._header(cam_ns, self._cam_frame), frame=int(result.index),
-            camera_seq=int(result.frame.camera_seq),
-            camera_stamp_ns=cam_ns, lidar_stamp_ns=-1 if sweep is None else int(sweep.stamp_ns),
-            publish_stamp_ns=time.time_ns(), pipeline_latency_ms=float(latency_ms), frames_dropped=dropped,
-            lidar_missing=sweep is None, fused=res is not None,
-            ego_motion=bool(res is not None and res.ego_motion_applied))
 
     # -- closing ----------------------------------------------------------------------------
     def close(self) -> None:
