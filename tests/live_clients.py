@@ -68,12 +68,12 @@ class ZenohHeard:
 
 
 class FoxgloveClient:
-    """Connects (retrying) to ws://127.0.0.1:port with subprotocol foxglove.sdk.v1, subscribes to
+    """Connects (retrying) to ws://host:port with subprotocol foxglove.sdk.v1, subscribes to
     every advertised channel, and collects message data until the server closes, or, with
     ``freeze=True``, subscribes and then never reads again (a stuck viewer)."""
 
-    def __init__(self, port: int, *, freeze: bool = False, timeout_s: float = 60.0) -> None:
-        self.port, self.freeze, self.timeout_s = port, freeze, timeout_s
+    def __init__(self, port: int, *, freeze: bool = False, timeout_s: float = 60.0, host: str = "127.0.0.1") -> None:
+        self.port, self.freeze, self.timeout_s, self.host = port, freeze, timeout_s, host
         self.channels: dict[int, dict] = {}
         self.messages: list[tuple[int, int, bytes]] = []          # (channel id, log time, payload)
         self.subprotocol = None
@@ -90,7 +90,7 @@ class FoxgloveClient:
             deadline = time.monotonic() + self.timeout_s
             while True:
                 try:
-                    ws = await websockets.connect(f"ws://127.0.0.1:{self.port}", subprotocols=["foxglove.sdk.v1"],
+                    ws = await websockets.connect(f"ws://{self.host}:{self.port}", subprotocols=["foxglove.sdk.v1"],
                                                   max_size=None, max_queue=4 if self.freeze else 4096)
                     break
                 except OSError:

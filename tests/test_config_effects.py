@@ -289,7 +289,7 @@ def run_probe(settings, ctx):
         cap.release()
         first = _digest(cv2.imread(str(Path(summary["overlay"]).with_name("overlay_first.png"))))
     return (files, topics, compression, digest, fps, first, summary["frames"]["done"], summary["masks_label"],
-            "segfuse run" in err.getvalue(), summary["published"] is not None)
+            "segfuse run" in err.getvalue(), summary["published"] is not None, summary.get("liveview") is not None)
 
 
 def _publisher_cfg(settings):
@@ -326,6 +326,59 @@ def publisher_probe(settings, ctx):
         return tuple(sorted(pub.keys.values())), str(pub.congestion_control), pub.shm_pool_bytes, waited
     finally:
         pub.close()
+
+
+def liveview_probe(settings, ctx):
+    """A LiveView opened from sinks.liveview (port 0 and every frame sent unless the settings say
+    otherwise), a foxglove.sdk.v1 client that connects after it started (so wait_clients_s
+    waits), six frames written while the live-view thread is held (so queue_frames drops): where
+    it listens, whether it waited, frames dropped and skipped, whether a client's outbox
+    overflowed, and the blended camera image it sent."""
+    import sys
+    import time
+
+    from pipeline.config import load_taxonomy, parse_section
+    from pipeline.errors import ConfigError
+    from pipeline.fusion.config import FusionConfig
+    from pipeline.sinks.liveview import LiveView, LiveViewConfig
+    from pipeline.stages import Fuse, GroundTruthMasks
+    from pipeline.types import FrameResult
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from live_clients import FoxgloveClient
+
+    d = {"enabled": True, "port": 0, "max_rate_hz": 0.0, **(_get(settings, "sinks.liveview", {}) or {})}
+    try:
+        cfg = parse_section(LiveViewConfig, d, path="<test>", prefix="sinks.liveview.")
+    except ConfigError as exc:
+        if exc.field == "sinks.liveview.host":
+            return ("host refused",)
+        raise
+    f, rig = ctx["frame"]
+    if "lv_result" not in ctx:
+        masks = GroundTruthMasks()(f)
+        fusion = Fuse(rig, FusionConfig.from_dict({}), load_taxonomy())(f, masks)
+        ctx["lv_result"] = FrameResult(0, f, masks, fusion, 0)
+    t0 = time.monotonic()
+    lv = LiveView(cfg, rig, load_taxonomy(), camera_id=rig.camera_names[0], lidar_id=rig.lidar_names[0])
+    waited = time.monotonic() - t0 > 0.25
+    client = FoxgloveClient(lv.port, host=cfg.host if cfg.host != "localhost" else "127.0.0.1", timeout_s=20)
+    try:
+        assert client.subscribed.wait(20) and lv.wait_for_clients(10)
+        with lv._sub_lock:                   # the live-view thread waits here for its first frame
+            for _ in range(6):
+                lv.write(ctx["lv_result"])
+        deadline = time.monotonic() + 20
+        while lv.sent_frames + lv.dropped_frames + lv.skipped_rate < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+    finally:
+        lv.close()
+        client.join(10)
+    blended = [p for c, _, p in client.messages if client.channels[c]["topic"].endswith("/blended")]
+    return (lv.url.split("://")[1].rsplit(":", 1)[0], lv.port if cfg.port else "ephemeral", waited,
+            lv.dropped_frames, lv.skipped_rate, lv.client_backlog_full > 0,
+            hashlib.sha1(blended[0]).hexdigest() if blended else None)
 
 
 def wiring_check(module: str, function: str, attr: str):
@@ -410,6 +463,12 @@ EFFECTS["sinks.publisher.shm_pool_mb"] = (8, {"sinks": {"publisher": {"shared_me
 for _k, _v in (("domain_id", 7), ("qos", "reliable"), ("wait_subscribers_s", 0.3)):
     EFFECTS[f"sinks.publisher.{_k}"] = (_v, {}, P)
 EFFECTS["sinks.publisher.enabled"] = (True, {}, R)
+EFFECTS["sinks.liveview.enabled"] = (True, {"sinks": {"liveview": {"port": 0}}}, R)
+for _k, _v, _extra in (("host", "localhost", {}), ("port", 48731, {}), ("queue_frames", 5, {}), ("backlog", 1, {}),
+                       ("allow_remote", True, {"sinks": {"liveview": {"host": "127.0.0.2"}}}),
+                       ("tls_cert", str(REPO / "README.md"), {}), ("tls_key", str(REPO / "README.md"), {}),
+                       ("blend_alpha", 0.9, {}), ("wait_clients_s", 0.5, {}), ("max_rate_hz", 10.0, {})):
+    EFFECTS[f"sinks.liveview.{_k}"] = (_v, _extra, liveview_probe)  # tls alone: refused (cert and key together)
 for _k in ("cache_dir", "workspace_mb", "cuda_graph", "max_batch", "calibration", "calibration_frames"):
     EFFECTS[f"engines.deeplab.{_k}"] = (None, {}, wiring_check(*TRT, _k))
 # read where TensorRT is found unusable (tests/test_engines_gpu_path.py shows the fallback's effect)
