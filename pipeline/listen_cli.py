@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("listen", help="subscribe to a run's Zenoh topics: live table, MCAP recording",
                        description="Subscribe to segfuse's topics over Zenoh (rmw_zenoh key layout, CDR).")
     p.add_argument("--topic", action="append", default=[],
-                   help="topic to show, e.g. /segfuse/points (repeatable; default: every /segfuse topic)")
+                   help="topic to show, e.g. /segfuse/points (repeatable; default: every topic of the domain)")
     p.add_argument("--record", metavar="PATH",
                    help="record the samples to a new rosbag2 directory (MCAP storage); a PATH ending in "
                         ".mcap writes one bare MCAP file instead")

@@ -38,8 +38,7 @@ import numpy as np
 
 from pipeline.config import setting
 from pipeline.errors import ConfigError
-from pipeline.sinks.messages import (TOPIC_POINTS, TOPIC_TF, TOPIC_TF_STATIC, RosMessages, frame_view,
-                                     sample_lane, semantic_topic)
+from pipeline.sinks.messages import RosMessages, frame_view, sample_lane
 from pipeline.sinks.schema import BASE_FRAME, WORLD_FRAME
 
 log = logging.getLogger(__name__)
@@ -403,5 +402,4 @@ class LiveView(RosMessages):
                 "wall_ms_per_frame": self.build_ns / max(self.sent_frames, 1) / 1e6}
 
 
-__all__ = ["LiveView", "LiveViewConfig", "liveview_config_from_dict", "SUBPROTOCOL", "TOPIC_POINTS", "TOPIC_TF",
-           "TOPIC_TF_STATIC", "semantic_topic"]
+__all__ = ["LiveView", "LiveViewConfig", "liveview_config_from_dict", "SUBPROTOCOL"]
