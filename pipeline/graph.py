@@ -26,6 +26,10 @@ replay policies, and shutdown. Stages stay plain functions over typed values.
   (an older frame still waiting is dropped and counted), so at most ``capacity`` frames are in
   flight and end-to-end latency stays bounded. The sync also gives up on a late LiDAR sweep
   after ``sync.lidar_timeout_ms``.
+- **lossy sinks** (``Stage(..., lossy=N)``, e.g. the live view): fed outside the join through a
+  queue of their own that holds ``N`` results, the newest winning (older ones dropped and counted
+  in ``GraphStats.sink_dropped``), so a slow or stuck viewer never slows the frames; a frame is
+  done when the other sinks are. At the end they finish what is queued.
 - **shutdown** (``stop()``; ``with graph.stop_on_signals():`` maps SIGINT/SIGTERM to it, a
   second signal aborts the drain): the sources stop, the sync decides every
   waiting frame, and every frame already accepted runs to the end before ``wait()`` returns;
@@ -96,6 +100,7 @@ class Stage:
     takes: tuple[type, ...] = (SyncedFrame,)
     gives: type | None = None
     optional: bool = False
+    lossy: int = 0                        # sinks only: > 0, a sink that never holds the run back (below)
 
 
 @dataclass
@@ -144,6 +149,8 @@ class GraphStats:
     last_done_ns: int = 0
     stopped_by: str | None = None         # "signal", "frames", None (source ended)
     source_errors: list[str] = field(default_factory=list)   # inputs that ended early, unreadable
+    sink_dropped: dict[str, int] = field(default_factory=dict)   # lossy sink -> results it never got
+    sink_failed: dict[str, int] = field(default_factory=dict)    # lossy sink -> results it failed on
 
     @property
     def failed_total(self) -> int:
@@ -246,6 +253,7 @@ class Graph:
         depth = policy.queue_depth if policy.policy == "replay" else 1
         self._depth = depth
         self._entry = (_LatestQueue(1, self._dropped) if policy.policy == "live" else _BlockingQueue(depth))
+        self._lossy: list[_LatestQueue] = []     # the lossy sinks' queues (made by _build)
         self.capacity = 0                        # frames that can be in flight at most (live bound)
         self.stage_traces: list[FrameTrace] = []  # FrameTrace of every finished frame, in order
 
@@ -308,11 +316,17 @@ class Graph:
     def _build(self) -> None:
         depth = self._depth
         chain: list[Stage | Parallel] = list(self.stages)
-        if len(self.sinks) > 1:
-            chain.append(Parallel("sinks", self.sinks))
-        elif self.sinks:
-            chain.append(self.sinks[0])
-        self._chain = chain
+        joined = [s for s in self.sinks if not s.lossy]
+        if len(joined) > 1:
+            chain.append(Parallel("sinks", joined))
+        elif joined:
+            chain.append(joined[0])
+        self._lossy = []
+        for s in self.sinks:
+            if s.lossy:
+                q = _LatestQueue(s.lossy, lambda _item, name=s.name: self._sink_dropped(name))
+                self._lossy.append(q)
+                self._spawn(s.name, self._run_lossy, s, q)
         n = len(chain)
         # Frames that can be in flight at most: the sync thread's hand, the entry queue, and per
         # worker one frame in service plus its input queue (stage 0 reads the entry queue).
@@ -325,16 +339,14 @@ class Graph:
             else:
                 inputs.append([self._entry if i == 0 else _BlockingQueue(depth)])
                 self.capacity += 1 + (depth if i else 0)
-        first_sink = len(self.stages)
+        last_stage = len(self.stages) - 1
         for i, st in enumerate(chain):
             nxt = chain[i + 1] if i + 1 < n else None
-            forward = self._forwarder(inputs[i + 1] if nxt is not None else None, nxt,
-                                      make_result=i + 1 == first_sink and nxt is not None)
+            forward = self._forwarder(inputs[i + 1] if nxt is not None else None, nxt, make_result=i == last_stage)
             if isinstance(st, Parallel):
                 join = _Join(st, forward)
                 if i == 0:
-                    self._spawn(f"{st.name}-fanout", self._run_fanout,
-                                self._forwarder(inputs[0], st, make_result=first_sink == 0))
+                    self._spawn(f"{st.name}-fanout", self._run_fanout, self._forwarder(inputs[0], st))
                 for branch, q in zip(st.branches, inputs[i]):
                     name = f"{st.name}.{branch.name}"
                     self._spawn(name, self._run_stage, branch, q, join.arrive, name)
@@ -343,18 +355,24 @@ class Graph:
 
     def _forwarder(self, targets: list[Any] | None, stage: Stage | Parallel | None, *,
                    make_result: bool = False) -> Callable[[Any], None]:
-        if targets is None:
-            return self._done
         counter = [0]
         order = stage.name if isinstance(stage, Parallel) else None
 
         def forward(env: Any) -> None:
-            if env is not _END:
-                if make_result and env.failure is None:
-                    env.values[FrameResult] = self._result(env)
-                if order is not None:
-                    env.order[order] = counter[0]      # the join passes frames on in this order
-                    counter[0] += 1
+            if make_result:
+                if env is _END:
+                    for q in self._lossy:
+                        q.put(_END, self._abort)
+                elif env.failure is None:
+                    result = env.values[FrameResult] = self._result(env)
+                    for q in self._lossy:
+                        q.put(result, self._abort)       # never blocks: the newest wins
+            if targets is None:
+                self._done(env)
+                return
+            if env is not _END and order is not None:
+                env.order[order] = counter[0]          # the join passes frames on in this order
+                counter[0] += 1
             for q in targets:
                 q.put(env, self._abort)
         return forward
@@ -543,6 +561,22 @@ class Graph:
             env.trace.stages[trace_name] = (t0, t1)
             forward(env)
 
+    def _run_lossy(self, sink: Stage, q: Any) -> None:
+        while True:
+            result = self._get(q)
+            if result is None or result is _END:
+                return
+            try:
+                sink.fn(result)
+            except (InputDataError, EngineError) as exc:
+                with self._lock:
+                    self.stats.sink_failed[sink.name] = self.stats.sink_failed.get(sink.name, 0) + 1
+                log.warning("frame %s not given to %s: %s", result.index, sink.name, exc)
+
+    def _sink_dropped(self, name: str) -> None:
+        with self._lock:
+            self.stats.sink_dropped[name] = self.stats.sink_dropped.get(name, 0) + 1
+
     def _done(self, env: Any) -> None:
         if env is _END:
             return
@@ -594,6 +628,12 @@ def _check_wiring(stages: Sequence[Stage | Parallel], sinks: Sequence[Stage]) ->
     for s in sinks:
         if s.gives is not None or any(t is not FrameResult for t in s.takes):
             raise ValueError(f"sink {s.name!r} must take (FrameResult,) and give nothing")
+    if sinks and not stages:
+        raise ValueError("sinks need at least one stage before them (the graph makes the FrameResult there)")
+    for st in stages:
+        for s in (st.branches if isinstance(st, Parallel) else [st]):
+            if s.lossy:
+                raise ValueError(f"stage {s.name!r}: only sinks can be lossy")
 
 
 class _StopOnSignals:

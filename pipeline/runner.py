@@ -190,7 +190,7 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
             liveview = LiveView(sc.liveview, opened.rig, taxonomy, camera_id=opened.camera_id,
                                 lidar_id=opened.lidar_id, run_info=_run_info_json(recorder, run_info), **schema_flags)
             sinks.append(liveview)
-            sink_stages.append(Stage("liveview", liveview.write, (FrameResult,)))
+            sink_stages.append(Stage("liveview", liveview.write, (FrameResult,), lossy=sc.liveview.queue_frames))
         from pipeline.sinks.messages import FrameCache
 
         cache = FrameCache() if sum(x is not None for x in (recorder, publisher, liveview)) > 1 else None
@@ -270,6 +270,7 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
         if run.publisher is not None:
             run.publisher.close()
         if run.liveview is not None:
+            run.liveview.dropped_frames = run.graph.stats.sink_dropped.get("liveview", 0)
             run.liveview.close()
     summary = make_summary(run, time.monotonic() - t0, recording, video)
     (run.out / "summary.json").write_text(json.dumps(summary, indent=1))

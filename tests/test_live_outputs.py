@@ -190,8 +190,8 @@ def test_recorder_zenoh_and_live_view_carry_one_schema_that_real_decoders_read(d
 @pytest.mark.slow
 def test_a_frozen_viewer_never_stalls_the_pipeline_and_its_drops_are_counted(drive, tmp_path):
     """A viewer that subscribes to everything and then never reads: the SDK's per-client outbox
-    (backlog 4 messages) overflows and drops, the live-view thread still sends every frame it
-    gets, the run finishes and records everything. (The throughput against a run without a
+    (backlog 4 messages) overflows and drops, the live view still sends every frame the graph's
+    lossy-sink queue gives it, the run finishes and records everything. (The throughput against a run without a
     viewer is measured side by side in ``python -m benchmarks publish``, not asserted here.)"""
     import json
 
@@ -206,7 +206,9 @@ def test_a_frozen_viewer_never_stalls_the_pipeline_and_its_drops_are_counted(dri
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     lv = s["liveview"]
     assert s["frames"]["done"] == s["frames"]["recorded"] == FRAMES
-    assert lv["frames"] == FRAMES and lv["sent"] + lv["dropped"] == FRAMES and lv["errors"] == 0
+    # the graph's lossy-sink queue drops what the live view has no time for (counted); what reaches
+    # the live view is all sent (max_rate_hz 0)
+    assert lv["frames"] + lv["dropped"] == FRAMES and lv["sent"] == lv["frames"] and lv["errors"] == 0
     assert lv["skipped_rate"] == 0
     assert lv["client_backlog_full"] >= 1                   # the frozen client's outbox overflowed, counted
     assert "outbox for client" in run.stderr and "client backlog overflows" in run.stderr

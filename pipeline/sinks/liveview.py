@@ -10,11 +10,11 @@ semantic mask blended in, ``/live/transforms``). Latched topics (``/tf_static``,
 sent again to every client that subscribes to them.
 
 At most ``max_rate_hz`` frames a second are sent (10: what a person watching needs; the others
-are skipped and counted in ``skipped_rate``). Never stalls the pipeline: ``write()`` only
-appends the frame to a bounded queue
-(``queue_frames``, the oldest dropped and counted in ``dropped_frames``) and returns; one thread
-of this sink builds and sends the messages, and only for channels some client subscribed to
-(nothing is built while nobody watches). The SDK's ``log`` never blocks either: each client has
+are skipped and counted in ``skipped_rate``). Never stalls the pipeline: the runner declares it a
+lossy sink (``pipeline.graph``: ``Stage(..., lossy=queue_frames)``), so the graph hands it results
+through a queue of ``queue_frames``, the newest winning and older ones dropped and counted
+(``GraphStats.sink_dropped``), on a thread of the graph's; ``write()`` builds and sends the
+messages only for channels some client subscribed to (nothing is built while nobody watches). The SDK's ``log`` never blocks either: each client has
 its own outbox of ``backlog`` messages and the oldest data message is dropped when it is full
 (foxglove-sdk ``message_backlog_size``; the SDK logs "outbox for client ... full", which this
 sink counts in ``client_backlog_full``; the SDK does not say how many messages it dropped).
@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from pipeline.config import setting
 from pipeline.errors import ConfigError
 from pipeline.sinks.messages import RosMessages, frame_view, sample_lane
 from pipeline.sinks.schema import BASE_FRAME, WORLD_FRAME
+from pipeline.types import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class LiveViewConfig:
     host: str = setting("127.0.0.1", doc="bind address; anything but loopback needs allow_remote (the server "
                         "authenticates nobody)")
     port: int = setting(8765, min=0, max=65535, doc="TCP port (0: any free port, logged)")
-    queue_frames: int = setting(2, unit="frames", min=1, doc="frames waiting for the live-view thread; the "
-                                "oldest is dropped (counted) when full")
+    queue_frames: int = setting(2, unit="frames", min=1, doc="results waiting for the live view (the graph's "
+                                "lossy-sink queue); the oldest is dropped (counted) when full")
     backlog: int = setting(256, unit="messages", min=1, doc="per-client outbox (foxglove-sdk "
                            "message_backlog_size); the oldest data message is dropped when full")
     allow_remote: bool = setting(False, doc="allow a non-loopback host (anyone who reaches it sees the stream)")
@@ -152,20 +152,16 @@ class LiveView(RosMessages):
                               field="sinks.liveview") from exc
         self.port = int(self.server.port)
         self.url = f"{'wss' if tls else 'ws'}://{cfg.host}:{self.port}"
-        self._queue: deque = deque()
-        self._cond = threading.Condition()
         self._state = "open"
         self._started = False
         self.frames = 0
         self.sent_frames = 0
-        self.dropped_frames = 0
+        self.dropped_frames = 0                        # set by the runner from the graph's count at the end
         self.skipped_rate = 0
         self._last_accept = -1e9
         self.errors = 0
-        self.build_ns = 0                              # the live-view thread's wall time building and logging
+        self.build_ns = 0                              # wall time building and logging messages
         self.cpu_ns = 0                                # ... and its CPU time (the cost to the machine)
-        self._thread = threading.Thread(target=self._loop, name="segfuse-liveview", daemon=True)
-        self._thread.start()
         log.info("live view listening on %s (Foxglove: open connection -> Foxglove WebSocket -> %s; layout "
                  "configs/foxglove_layout.json)", self.url, self.url)
         if cfg.wait_clients_s > 0 and not self.wait_for_clients(cfg.wait_clients_s):
@@ -207,45 +203,26 @@ class LiveView(RosMessages):
         with self._sub_lock:
             return bool(self._subs.get(ch.id()))
 
-    # -- the pipeline's side -----------------------------------------------------------------
-    def write(self, work: Any) -> None:
-        """Queue one frame for the live-view thread; drops the oldest queued frame when full."""
+    # -- the pipeline's side (on the graph's lossy-sink thread) --------------------------------
+    def write(self, result: FrameResult) -> None:
+        """Send one frame to the clients (at most ``max_rate_hz``); a failure is counted, never raised."""
         if self._state != "open":
             return
+        self.frames += 1
         now = time.monotonic()
         if self.cfg.max_rate_hz > 0 and now - self._last_accept < 1.0 / self.cfg.max_rate_hz:
             self.skipped_rate += 1                 # faster than a person needs: not a drop
-            self.frames += 1
             return
         self._last_accept = now
-        v = frame_view(work)
-        if self.dropped_fn is not None and v.dropped is None:
-            v.dropped = int(self.dropped_fn())
-        with self._cond:
-            if len(self._queue) >= self.cfg.queue_frames:
-                self._queue.popleft()
-                self.dropped_frames += 1
-            self._queue.append(v)
-            self._cond.notify()
-        self.frames += 1
-
-    # -- the live-view thread ----------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._state != "open")
-                if not self._queue:
-                    return
-                v = self._queue.popleft()
-            t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
-            try:
-                self._send(v)
-                self.sent_frames += 1
-            except Exception as exc:         # a live-view failure never fails the run
-                self.errors += 1
-                log.warning("live view: frame %d not sent: %s", v.index, exc)
-            self.build_ns += time.perf_counter_ns() - t0
-            self.cpu_ns += time.thread_time_ns() - c0
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        try:
+            self._send(frame_view(result))
+            self.sent_frames += 1
+        except Exception as exc:                   # a live-view failure never fails the run
+            self.errors += 1
+            log.warning("live view: frame %d not sent: %s", result.index, exc)
+        self.build_ns += time.perf_counter_ns() - t0
+        self.cpu_ns += time.thread_time_ns() - c0
 
     def _send(self, v: Any) -> None:
         if not self._started:
@@ -373,10 +350,6 @@ class LiveView(RosMessages):
     def close(self) -> None:
         if self._state != "open":
             return
-        with self._cond:
-            self._state = "closing"
-            self._cond.notify_all()
-        self._thread.join(timeout=10)
         self._state = "closed"
         # the SDK's stop() waits for every client's close handshake: a frozen viewer would hold the
         # end of the run for ~40 s, so it stops on a thread of its own and the run goes on

@@ -4,8 +4,7 @@ Foxglove live view), driven by the output schema (pipeline.sinks.schema).
 :meth:`RosMessages.frame_messages` turns one frame's results into ``(topic, msgtype, stamp_ns,
 message)`` tuples in the schema's order; :meth:`RosMessages.start_messages` gives the latched
 ones (``/tf_static``, ``/segfuse/run_info``). :func:`frame_view` reads what the builders need
-from the value a sink gets (today's ``pipeline.sync.FrameWork``; the frozen ``FrameResult`` of
-the stage API has the same parts under other names).
+from the frozen ``FrameResult`` every sink gets.
 """
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.msgs import header, transform_stamped
+from pipeline.types import FrameResult
 from pipeline.sinks.schema import BASE_FRAME, WORLD_FRAME, TopicSpec, topics_for
 
 TOPIC_TF_STATIC = "/tf_static"
@@ -77,25 +77,15 @@ class FrameView:
     semantic: dict
     instance_maps: dict
     fusion: Any
-    dropped: int | None = None     # frames dropped so far, when the input says
+    dropped: int = 0               # frames the run dropped so far (live policy)
 
 
-def frame_view(work: Any) -> FrameView:
-    """A FrameView of a ``pipeline.sync.FrameWork`` or of a stage-API ``FrameResult``."""
-    synced = getattr(work, "synced", None) or getattr(work, "frame")
-    masks = getattr(work, "masks", None)
-    sem = masks.semantic if masks is not None else work.semantic
-    imaps = masks.instance_maps if masks is not None else work.instance_maps
-    counters = getattr(work, "counters", None)
-    dropped = getattr(counters, "dropped", None) if counters is not None else None
-    index = getattr(work, "index", None)
-    seq = getattr(synced, "camera_seq", None)
-    if seq is None:
-        seq = getattr(work, "camera_seq", 0)
-    return FrameView(int(index if index is not None else synced.frame_index), int(seq),
-                     int(getattr(work, "received_ns", 0) or 0), synced.cameras[0], synced.lidar,
-                     synced.T_world_from_base, sem, imaps, getattr(work, "fusion", None),
-                     None if dropped is None else int(dropped))
+def frame_view(result: FrameResult) -> FrameView:
+    """The FrameView of a sink's FrameResult."""
+    f = result.frame
+    return FrameView(int(result.index), int(f.camera_seq), int(result.received_ns), f.cameras[0], f.lidar,
+                     f.T_world_from_base, result.masks.semantic, result.masks.instance_maps, result.fusion,
+                     int(result.counters.dropped))
 
 
 class FrameCache:
@@ -154,7 +144,6 @@ class RosMessages:
             camera_id, has_camera=cam is not None, has_lidar=lidar_id is not None, has_poses=has_poses,
             replay=replay, camera_image=camera_image)
         self.topics: dict[str, str] = {name: spec.msgtype for name, spec in self.schema.items()}
-        self.dropped_fn: Any = None           # set by the runner: () -> frames dropped so far
         self.cache: FrameCache | None = None  # set by the runner: one for all the run's sinks
 
     def frame_cdr(self, v: FrameView, *, live: bool = False, want: Any = None) -> list[tuple[str, str, int, bytes]]:
@@ -317,10 +306,7 @@ class RosMessages:
 
     def _status(self, v: FrameView, cam_ns: int, *, live: bool) -> Any:
         res = v.fusion
-        if v.dropped is not None:
-            dropped = v.dropped
-        else:
-            dropped = int(self.dropped_fn()) if self.dropped_fn is not None else 0
+        dropped = v.dropped
         latency_ms, wall_ns = -1.0, 0
         if live:
             wall_ns = time.time_ns()
