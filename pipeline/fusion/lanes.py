@@ -45,7 +45,9 @@ def extract_lanes(points_base: np.ndarray, is_lane: np.ndarray, is_ground: np.nd
     points used for the ground plane (road and lane marking)."""
     from pipeline.fusion.kernels import dbscan
 
-    plane = fit_ground_plane(points_base[is_ground | is_lane], cfg.ground_ransac_dist_m)
+    ground = np.flatnonzero(is_ground | is_lane)
+    ground = ground[::-(-len(ground) // GROUND_SAMPLE) or 1]     # fit_ground_plane's stride, without the copy
+    plane = fit_ground_plane(points_base[ground], cfg.ground_ransac_dist_m)
     lane = points_base[is_lane]
     if plane is None or len(lane) < cfg.lane_min_points:
         return []
