@@ -170,10 +170,10 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
             sinks.append(recorder)
             sink_stages.append(Stage("record", recorder.write, (FrameResult,)))
         if sc.overlay.enabled:
-            fps = sc.overlay.fps or main.info.rate_hz or 10.0
+            fps = (sc.overlay.fps or main.info.rate_hz or 10.0) / sc.overlay.every_n_frames
             overlay = OverlayVideo(out, opened.rig, taxonomy, camera_id=opened.camera_id, fps=fps,
                                    masks_label="ground truth (ORACLE)" if cfg.masks == "ground_truth" else "models",
-                                   mask_alpha=sc.overlay.mask_alpha)
+                                   mask_alpha=sc.overlay.mask_alpha, every_n_frames=sc.overlay.every_n_frames)
             sinks.append(overlay)
             sink_stages.append(Stage("overlay", overlay.write, (FrameResult,)))
         if sc.publisher.enabled:
@@ -333,6 +333,9 @@ def make_summary(run: Run, seconds: float, recording: Path | None, video: Path |
         "liveview": run.liveview.stats() if run.liveview is not None else None,
         "out": str(run.out), "recording": str(recording) if recording else None,
         "overlay": str(video) if video else None,
+        "overlay_decimation": ({"every_n_frames": run.overlay.every_n_frames, "drawn": run.overlay.frames,
+                                "skipped": run.overlay.skipped}
+                               if run.overlay is not None and run.overlay.every_n_frames > 1 else None),
     }
 
 
@@ -364,6 +367,10 @@ def render_summary(s: dict[str, Any]) -> str:
         lines.append(f"  skipped: {line}")
     for line in s["failures"][:3]:
         lines.append(f"  failed:  {line}")
+    if s.get("overlay_decimation"):
+        d = s["overlay_decimation"]
+        lines.append(f"  overlay      decimated: 1 frame in {d['every_n_frames']} drawn ({d['drawn']} drawn, "
+                     f"{d['skipped']} skipped)")
     look = [p for p in (s["recording"], s["overlay"]) if p] + [str(Path(s["out"]) / "summary.json")]
     lines.append(f"  look at      {', '.join(look)}")
     if s["recording"]:

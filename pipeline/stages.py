@@ -175,10 +175,12 @@ class Fuse:
     def warm_up(self, camera_id: str, lidar_id: str | None) -> None:
         """One small fusion before the first frame: loads the compiled kernels and Open3D, so the
         first real frame is not seconds late (matters for live latency and for timings)."""
+        from pipeline.fusion import kernels
         from pipeline.fusion.frame import CameraMasks, fuse_frame
         from pipeline.fusion.label import InstanceMap
         from pipeline.types import LidarSweep
 
+        kernels.warm_up()                  # every kernel, also those this small fusion does not reach
         if self.rig is None or lidar_id is None:
             return
         cam = self.rig.camera(camera_id)

@@ -442,6 +442,7 @@ EFFECTS = {
     "sinks.overlay.enabled": (False, {}, R),
     "sinks.overlay.fps": (5.0, {}, R),
     "sinks.overlay.mask_alpha": (0.0, {}, R),
+    "sinks.overlay.every_n_frames": (2, {}, R),            # the video's rate halves
     "out": ("elsewhere", {}, R),
 }
 for _k in ("min_depth_m", "occlusion", "splat_half_px", "occlusion_tol_m", "occlusion_tol_rel", "occlusion_tol_sq",

@@ -366,3 +366,72 @@ def test_fast_linear_projection_matches_calibration(sim, rig, frames, kitti_obje
         assert len(common) >= ref.count - 2
         assert (np.column_stack([cols[a], rows[a]]) == ref.pixels[b]).all(axis=1).mean() > 0.9999
         assert np.allclose(depth[a], ref.depth_m[common], rtol=1e-5)
+
+
+def test_ego_motion_kernel_matches_calibration_motion(sim, rig, frames):
+    """The one-pass numba ego motion + projection puts every point where
+    calibration.motion.compensate_ego_motion followed by project_linear puts it, in time order
+    and shuffled (the kernel's search path), and the base-frame points and the largest motion
+    agree with the numpy path's."""
+    from calibration.motion import compensate_ego_motion
+    from pipeline.fusion.kernels import ego_project, project_linear
+
+    f = frames[1].frame
+    cam = rig.cameras[0]
+    T_bl = sim.calib.T_base_from_lidar
+    A = cam.model.linear_matrix() @ rig.T_cam_from_lidar()
+    moved = compensate_ego_motion(f.lidar.points, f.lidar.stamp_ns, f.lidar.t_offset_ns, f.pose_stamps_ns,
+                                  f.T_world_from_base, T_bl, f.camera.stamp_ns)
+    ref = project_linear(moved, A, cam.width, cam.height, 1.0)
+    ref_base = moved[:, :3] @ T_bl[:3, :3].T.astype(np.float32) + T_bl[:3, 3].astype(np.float32)
+    ref_motion = float(np.sqrt(np.max(np.sum((moved[:, :3] - f.lidar.points[:, :3]) ** 2, axis=1))))
+    shuffle = np.random.default_rng(0).permutation(len(moved))
+    for order in (np.arange(len(moved)), shuffle):
+        pts, t = np.ascontiguousarray(f.lidar.points[order]), f.lidar.t_offset_ns[order]
+        base = np.empty((len(pts), 3), np.float32)
+        idx, cols, rows, depth, motion = ego_project(pts, f.lidar.stamp_ns, t, f.pose_stamps_ns, f.T_world_from_base,
+                                                     T_bl, f.camera.stamp_ns, A, cam.width, cam.height, 1.0, base)
+        inv = np.argsort(order)
+        back = np.argsort(order[idx])
+        assert np.array_equal(order[idx][back], ref[0])
+        assert np.array_equal(cols[back], ref[1]) and np.array_equal(rows[back], ref[2])
+        assert np.allclose(depth[back], ref[3], rtol=1e-6)
+        assert np.allclose(base[inv], ref_base, atol=1e-5)
+        assert motion == pytest.approx(ref_motion, rel=1e-5) and motion > 0.1
+    with pytest.raises(InputDataError):
+        ego_project(f.lidar.points, f.lidar.stamp_ns + 10**9, f.lidar.t_offset_ns, f.pose_stamps_ns,
+                    f.T_world_from_base, T_bl, f.camera.stamp_ns, A, cam.width, cam.height, 1.0)
+
+
+def test_numba_dbscan_gives_open3d_labels():
+    """kernels.dbscan / voxel_dbscan label exactly as Open3D's cluster_dbscan (on the points, on
+    the voxel centroids the objects cluster) on random blobs, sparse noise and flat lane-like sets."""
+    import open3d as o3d
+
+    from pipeline.fusion.kernels import dbscan, voxel_dbscan
+    from pipeline.fusion.objects import VOXEL_M
+
+    def o3d_labels(p, eps, mp):
+        return np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(p)).cluster_dbscan(eps=eps, min_points=mp))
+
+    rng = np.random.default_rng(1)
+    clusters = 0
+    for t in range(60):
+        n, k = int(rng.integers(5, 1500)), int(rng.integers(1, 5))
+        centers = rng.uniform(-15, 15, (k, 3))
+        p = centers[rng.integers(0, k, n)] + rng.normal(0, rng.uniform(0.2, 2.5), (n, 3))
+        if t % 3 == 0:
+            p[:, 2] = 0
+        mp, eps = int(rng.integers(1, 6)), float(rng.uniform(0.3, 2.0))
+        got = dbscan(p, eps, mp)
+        assert np.array_equal(got, o3d_labels(p, eps, mp))
+        clusters += got.max() + 1
+        pf = p.astype(np.float32)
+        keys = np.floor(pf / VOXEL_M).astype(np.int64)
+        _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        cen = np.zeros((len(counts), 3))
+        np.add.at(cen, inverse, pf)
+        cen /= counts[:, None]
+        assert np.array_equal(voxel_dbscan(pf, VOXEL_M, eps, mp), o3d_labels(cen, eps, mp)[inverse])
+    assert clusters > 60                      # the cases do cluster, not only noise

@@ -302,3 +302,25 @@ def test_bag_topic_mapping_is_checked_at_start(drive):
     assert (e.value.path, e.value.field) == ("x.yaml", "input.topics.image")
     with pytest.raises(ConfigError, match="holds sensor_msgs/msg/PointCloud2"):
         BagSource(uri, topics={"image": "/lidar_top/points"})
+
+
+def test_overlay_decimation_draws_every_nth_frame_and_says_so(drive, tmp_path, capsys):
+    """sinks.overlay.every_n_frames: the video holds every Nth frame at 1/N of the rate, and the
+    summary (summary.json and the printed one) reports the decimation."""
+    import cv2
+
+    from pipeline.run_config import load_run_config
+    from pipeline.runner import render_summary, run_pipeline
+
+    cfg = load_run_config(write_config(tmp_path / "run.yaml", drive, tmp_path / "out",
+                                       sinks={"recorder": {"enabled": False},
+                                              "overlay": {"enabled": True, "fps": 10.0, "every_n_frames": 3}}))
+    s = run_pipeline(cfg)
+    drawn = -(-FRAMES // 3)
+    assert s["overlay_decimation"] == {"every_n_frames": 3, "drawn": drawn, "skipped": FRAMES - drawn}
+    cap = cv2.VideoCapture(s["overlay"])
+    assert round(cap.get(cv2.CAP_PROP_FPS), 2) == pytest.approx(10 / 3, abs=0.01)
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == drawn
+    cap.release()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["overlay_decimation"]["every_n_frames"] == 3
+    assert "decimated: 1 frame in 3 drawn" in render_summary(s)

@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline.config import Taxonomy
 from pipeline.fusion.config import FusionConfig
+from pipeline.fusion.kernels import ego_project
 from pipeline.fusion.label import CameraView, InstanceMap, fuse
 from pipeline.fusion.lanes import extract_lanes
 from pipeline.fusion.objects import extract_objects
@@ -33,11 +34,29 @@ def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConf
     lidar = rig.lidar(lidar_name)
     points = sweep.points
     compensate = (cfg.ego_motion and poses is not None and sweep.t_offset_ns is not None and len(points) > 0)
+    T = lidar.T_base_from_lidar
+    # one numba pass per camera (ego motion + projection) where the cameras are linear and the
+    # poses timed; else calibration.motion's numpy and the generic projection
+    fast = (compensate and len(poses.stamps_ns) >= 2 and points.dtype == np.float32
+            and all(rig.camera(m.camera).model.linear_matrix() is not None for m in masks))
     views, moved = [], []
+    points_base = None
+    max_motion = 0.0
     for m in masks:
         cam = rig.camera(m.camera)
-        pts_cam_time = None
-        if compensate:
+        T_cam = rig.T_cam_from_lidar(cam.name, lidar.name)
+        pts_cam_time, projection = None, None
+        if fast:
+            first = points_base is None
+            if first:
+                points_base = np.empty((len(points), 3), np.float32)
+            proj = ego_project(points, sweep.stamp_ns, sweep.t_offset_ns, poses.stamps_ns, poses.T_world_from_base,
+                               T, m.stamp_ns, cam.model.linear_matrix() @ T_cam, cam.model.width,
+                               cam.model.height, cfg.min_depth_m, points_base if first else None)
+            projection = proj[:4]
+            if first:
+                max_motion = proj[4]
+        elif compensate:
             pts_cam_time = compensate_ego_motion(points, sweep.stamp_ns, sweep.t_offset_ns, poses.stamps_ns,
                                                  poses.T_world_from_base, lidar.T_base_from_lidar, m.stamp_ns)
             moved.append(pts_cam_time)
@@ -46,14 +65,14 @@ def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConf
             inst = inst.at_least(cfg.min_instance_score)
         if inst is not None and cfg.edge_mode == "erode":
             inst = inst.eroded(cfg.erode_px)
-        views.append(CameraView(cam.name, cam.model, rig.T_cam_from_lidar(cam.name, lidar.name), m.semantic, inst,
-                                pts_cam_time))
+        views.append(CameraView(cam.name, cam.model, T_cam, m.semantic, inst, pts_cam_time, projection))
     cloud = fuse(points, views, cfg, stamp_ns=sweep.stamp_ns, ignore_id=taxonomy.ignore_id)
-    ref = moved[0] if moved else points
-    T = lidar.T_base_from_lidar
-    points_base = ref[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
-    max_motion = float(np.sqrt(np.max(np.sum((moved[0][:, :3] - points[:, :3]) ** 2, axis=1)))) if moved else 0.0
+    if points_base is None:
+        ref = moved[0] if moved else points
+        points_base = ref[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
+        max_motion = float(np.sqrt(np.max(np.sum((moved[0][:, :3] - points[:, :3]) ** 2, axis=1)))) if moved else 0.0
+    compensated = bool(moved) or (fast and bool(masks))
     objects = extract_objects(cloud, points_base, cfg)
     lane_id, road_id = taxonomy.id("lane_marking"), taxonomy.id("road")
     lanes = extract_lanes(points_base, cloud.class_id == lane_id, cloud.class_id == road_id, cfg)
-    return FusionResult(cloud, objects, lanes, points_base, bool(moved), max_motion)
+    return FusionResult(cloud, objects, lanes, points_base, compensated, max_motion)

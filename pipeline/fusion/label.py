@@ -93,6 +93,7 @@ class CameraView:
     semantic: np.ndarray | None       # (H, W) uint8 taxonomy ids
     instances: InstanceMap | None
     points_lidar: np.ndarray | None = None   # this camera's motion-compensated copy of the cloud, if any
+    projection: tuple | None = None          # (indices, cols, rows, depth_m) already computed (kernels.ego_project)
 
 
 def fuse(points_lidar: np.ndarray, views: list[CameraView], cfg: FusionConfig, *, stamp_ns: int = 0,
@@ -108,7 +109,9 @@ def fuse(points_lidar: np.ndarray, views: list[CameraView], cfg: FusionConfig, *
     for ci, view in enumerate(views):
         pts = view.points_lidar if view.points_lidar is not None else points_lidar
         M = view.model.linear_matrix()
-        if M is not None and pts.dtype == np.float32:     # one numba pass: same result, no temporaries
+        if view.projection is not None:
+            idx, cols, rows, depth = view.projection
+        elif M is not None and pts.dtype == np.float32:     # one numba pass: same result, no temporaries
             idx, cols, rows, depth = project_linear(pts, M @ view.T_cam_from_lidar, view.model.width,
                                                     view.model.height, cfg.min_depth_m)
         else:

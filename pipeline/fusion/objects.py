@@ -36,24 +36,18 @@ VOXEL_M = 0.2   # DBSCAN runs on voxel centroids (eps is several voxels): same c
 
 
 def _main_cluster(p: np.ndarray, eps_m: float, min_points: int) -> np.ndarray | None:
-    """Keep the nearest depth-continuous cluster (Open3D DBSCAN): the nearest of the clusters
-    holding at least a third of the largest one's points; background seen past a loose mask
-    edge lies behind it, stray single returns are noise. Clustering runs on the centroids of
-    occupied 0.2 m voxels, weighted by their point counts, and labels map back to the points."""
-    import open3d as o3d
+    """Keep the nearest depth-continuous cluster (DBSCAN): the nearest of the clusters holding
+    at least a third of the largest one's points; background seen past a loose mask edge lies
+    behind it, stray single returns are noise. Clustering runs on the centroids of occupied
+    0.2 m voxels, weighted by their point counts, and labels map back to the points; the
+    voxelisation and the DBSCAN are one numba kernel (pipeline.fusion.kernels.voxel_dbscan,
+    the same labels as Open3D's cluster_dbscan on the centroids, without the GIL)."""
+    from pipeline.fusion.kernels import voxel_dbscan
 
     if len(p) < 2 * min_points:
         return np.ones(len(p), bool)
-    keys = np.floor(p / VOXEL_M).astype(np.int64)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    centroids = np.zeros((len(counts), 3))
-    np.add.at(centroids, inverse, p)
-    centroids /= counts[:, None]
-    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(centroids))
     # a voxel stands for its points: min_points counts voxels, at least one
-    voxel_labels = np.asarray(pcd.cluster_dbscan(eps=eps_m, min_points=max(1, min_points // 3)))
-    labels = voxel_labels[inverse]
+    labels = voxel_dbscan(p, VOXEL_M, eps_m, max(1, min_points // 3))
     valid = labels >= 0
     if not valid.any():
         return None

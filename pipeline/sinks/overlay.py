@@ -26,6 +26,8 @@ class OverlayConfig:
     fps: float | None = setting(None, unit="frames/s", above=0, doc="the video's frame rate (null: the source's "
                                 "rate, 10 when unknown)")
     mask_alpha: float = setting(0.35, min=0, max=1, doc="opacity of the semantic mask over the camera image")
+    every_n_frames: int = setting(1, unit="frames", min=1, doc="draw only every Nth frame (a debug sink: 1 draws "
+                                  "all; the video's rate is divided by N and the run summary says so)")
 
 
 # --- drawing primitives ----------------------------------------------------------------------
@@ -115,7 +117,7 @@ def draw_overlay(result: FrameResult, camera: Any, taxonomy: Any, *, masks_label
 
 class OverlayVideo:
     def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, fps: float,
-                 masks_label: str, mask_alpha: float = 0.35, name: str = "overlay") -> None:
+                 masks_label: str, mask_alpha: float = 0.35, name: str = "overlay", every_n_frames: int = 1) -> None:
         self.video_path = Path(out_dir) / f"{name}.mp4"
         self.first_path = Path(out_dir) / f"{name}_first.png"
         self.camera = rig.camera(camera_id) if rig is not None and camera_id in rig.camera_names else None
@@ -126,10 +128,17 @@ class OverlayVideo:
         self._video = None
         self._tmp = Path(out_dir) / f".{name}.partial.mp4"
         self.frames = 0
+        self.every_n_frames = max(1, int(every_n_frames))
+        self.skipped = 0                  # frames not drawn (decimation)
+        self._seen = 0
 
     def write(self, result: FrameResult) -> None:
         import cv2
 
+        self._seen += 1
+        if (self._seen - 1) % self.every_n_frames:
+            self.skipped += 1
+            return
         img = draw_overlay(result, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha)
         if self._video is None:
             self._video = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
