@@ -1,8 +1,16 @@
 """Loader for the nuScenes sample calibration (``calib.json``: mmdetection3d info, plain JSON).
 
-Per camera ``cam2img`` (3x3 K, no distortion: nuScenes images are undistorted) and
-``lidar2cam`` (4x4, LIDAR_TOP -> camera, including the ego motion between the two stamps).
-The rig's base frame is the LIDAR_TOP frame, so ``T_cam_from_lidar`` is exactly ``lidar2cam``.
+Per camera ``cam2img`` (3x3 K, no distortion: nuScenes images are undistorted), ``lidar2cam``
+(4x4, LIDAR_TOP -> camera, including the ego motion between the two stamps) and ``cam2ego``
+(the static mounting); ``lidar2ego`` for the LiDAR.
+
+The rig's base frame is the ego frame ``base_link`` (REP 103: x forward, y left, z up; the
+LIDAR_TOP frame itself has x right, y forward). ``T_base_from_lidar = lidar2ego``; each camera's
+``T_base_from_cam = lidar2ego · lidar2cam⁻¹``: where the camera was at its exposure, in the ego
+frame of the sweep, so ``Rig.T_cam_from_lidar`` is exactly ``lidar2cam``. It differs from the
+static ``cam2ego`` by the ego's motion between the camera and LiDAR stamps (up to 0.33 m on the
+sample keyframe, at ~9 m/s); ``cam2ego`` is kept in ``rig.extra["T_ego_from_cam_static"]``.
+Without ``lidar2ego`` (an older file) the base is the LIDAR_TOP frame, as before.
 Image sizes are read from the JPEGs beside the file when present, else 1600x900.
 """
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pipeline.errors import CalibrationError
 
 NUSCENES_IMAGE_SIZE = (1600, 900)
 NUSCENES_LIDAR = "LIDAR_TOP"
+EGO_FRAME = "base_link"
 
 
 def load_nuscenes_calib(path: str | Path) -> Rig:
@@ -33,7 +42,10 @@ def load_nuscenes_calib(path: str | Path) -> Rig:
         raise CalibrationError(f"not readable JSON: {exc}", path=path) from None
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), dict):
         raise CalibrationError("expected a mapping with 'cameras'", path=path, field="cameras")
-    cameras = []
+    T_ego_from_lidar = None
+    if "lidar2ego" in data:
+        T_ego_from_lidar = validate.check_transform(data["lidar2ego"], path=path, field="lidar2ego")
+    cameras, static = [], {}
     for name, cam in data["cameras"].items():
         pre = f"cameras.{name}"
         if not isinstance(cam, dict):
@@ -47,7 +59,18 @@ def load_nuscenes_calib(path: str | Path) -> Rig:
             width, height = read_image_size(img)
         K = validate.check_intrinsics(cam["cam2img"], width, height, path=path, field=f"{pre}.cam2img")
         T_cam_from_lidar = validate.check_transform(cam["lidar2cam"], path=path, field=f"{pre}.lidar2cam")
+        T_base_from_cam = invert_T(T_cam_from_lidar)
+        if T_ego_from_lidar is not None:
+            T_base_from_cam = T_ego_from_lidar @ T_base_from_cam
+            if "cam2ego" in cam:
+                static[name] = validate.check_transform(cam["cam2ego"], path=path, field=f"{pre}.cam2ego")
         cameras.append(CameraSensor(name, name, PinholeCamera(K, None, width, height, distortion_model="none"),
-                                    invert_T(T_cam_from_lidar)))
-    lidar = LidarSensor(NUSCENES_LIDAR, NUSCENES_LIDAR, np.eye(4))
-    return Rig(cameras, [lidar], base_frame=NUSCENES_LIDAR, source=str(path), kind="nuscenes")
+                                    T_base_from_cam))
+    if T_ego_from_lidar is None:
+        lidar = LidarSensor(NUSCENES_LIDAR, NUSCENES_LIDAR, np.eye(4))
+        return Rig(cameras, [lidar], base_frame=NUSCENES_LIDAR, source=str(path), kind="nuscenes")
+    lidar = LidarSensor(NUSCENES_LIDAR, NUSCENES_LIDAR, T_ego_from_lidar)
+    extra = {"T_ego_from_cam_static": static}
+    if "ego2global" in data:
+        extra["T_world_from_ego"] = validate.check_transform(data["ego2global"], path=path, field="ego2global")
+    return Rig(cameras, [lidar], base_frame=EGO_FRAME, source=str(path), kind="nuscenes", extra=extra)

@@ -66,6 +66,20 @@ class Rig:
     def lidar_names(self) -> list[str]:
         return [lid.name for lid in self.lidars]
 
+    @property
+    def default_camera(self) -> CameraSensor:
+        """The camera a single-camera tool uses when none is named: the only one; on KITTI rigs the
+        left colour camera (``cam2`` / ``cam02``, the one ``image_2`` / ``image_02`` holds); else the first."""
+        if len(self.cameras) == 1:
+            return self.cameras[0]
+        if self.kind in ("kitti_object", "kitti_raw"):
+            for c in self.cameras:
+                if c.name in ("cam2", "cam02"):
+                    return c
+        if not self.cameras:
+            raise CalibrationError("rig has no camera", path=self.source, field="cameras")
+        return self.cameras[0]
+
     def camera(self, name: str | None = None) -> CameraSensor:
         """The camera called ``name`` (None: the only camera)."""
         return self._pick(self.cameras, name, "cameras")

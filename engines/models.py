@@ -16,7 +16,10 @@ from pipeline.config import Taxonomy, check_unknown_keys, get_key, load_taxonomy
 from pipeline.errors import ConfigError, EngineError
 
 DEEPLAB_ARCHS = ("deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "deeplabv3_resnet101",
-                 "deeplabv3plus_mobilenet_v3_small")
+                 "deeplabv3plus_mobilenet_v3_small",
+                 # mmsegmentation's key layout (engines/mmseg.py): Cityscapes checkpoints from mmseg
+                 "mmseg_deeplabv3_r50_d8", "mmseg_deeplabv3plus_r50_d8", "mmseg_deeplabv3_r101_d8",
+                 "mmseg_deeplabv3plus_r101_d8")
 MASKRCNN_ARCHS = ("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "maskrcnn_mobilenet_v3_large_fpn",
                   "maskrcnn_mobilenet_v3_small_fpn")
 ARCHS = DEEPLAB_ARCHS + MASKRCNN_ARCHS
@@ -190,6 +193,10 @@ def build_torchvision_model(arch: str, num_classes: int):
         return lite.build_deeplab_lite(num_classes)
     if arch == lite.MASKRCNN_LITE:
         return lite.build_maskrcnn_lite(num_classes)
+    if arch.startswith("mmseg_"):
+        from engines.mmseg import build_mmseg_deeplab
+
+        return build_mmseg_deeplab(arch, num_classes)
     if arch in DEEPLAB_ARCHS:
         builder = getattr(segmentation, arch)
         return builder(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False).eval()
@@ -243,7 +250,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def checkpoint_num_classes(state: dict[str, Any], arch: str) -> int | None:
     """Number of classes a torchvision checkpoint was trained with (None if it cannot tell)."""
-    keys = (("classifier.4.weight", "classifier.weight") if model_kind(arch) == "deeplab"
+    keys = (("classifier.4.weight", "classifier.weight", "decode_head.conv_seg.weight") if model_kind(arch) == "deeplab"
             else ("roi_heads.box_predictor.cls_score.weight",))
     tensor = next((state[k] for k in keys if k in state), None)
     return int(tensor.shape[0]) if tensor is not None else None
@@ -252,11 +259,13 @@ def checkpoint_num_classes(state: dict[str, Any], arch: str) -> int | None:
 def load_checkpoint(model, path: str | Path) -> None:
     """Load a torchvision-format checkpoint strictly; the only keys allowed to be missing are
     BatchNorm's ``num_batches_tracked`` (absent from FrozenBatchNorm checkpoints, unused in eval).
-    The auxiliary DeepLab head of a checkpoint is dropped (not exported)."""
+    The auxiliary DeepLab head of a checkpoint (torchvision ``aux_classifier.``, mmseg
+    ``auxiliary_head.``) is dropped (not exported)."""
     path = Path(path)
     state = read_checkpoint(path)
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.") or k in own}
+    state = {k: v for k, v in state.items()
+             if not k.startswith(("aux_classifier.", "auxiliary_head.")) or k in own}
     mismatched = [f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
                   if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
     if mismatched:

@@ -1,5 +1,13 @@
 """Point-cloud files: KITTI .bin, .pcd, .ply, .npy -> (N, 4) float32 x, y, z, intensity.
 
+Raw float32 files (``.bin``) carry no header, so their layout is declared: ``fields`` (the CLI's
+``--cloud-fields x,y,z,intensity,ring``), else a sidecar ``<file>.fields`` beside the cloud (one
+line, the same comma list), else by suffix: ``*.pcd.bin`` is nuScenes (x, y, z, intensity, ring),
+any other ``.bin`` KITTI (x, y, z, reflectance). Every field is float32; x, y, z are required,
+``intensity`` (or ``reflectance``/``remission``) is kept, the rest are read past. A file whose
+size is not a whole number of records of that layout is refused (a nuScenes scan read as KITTI
+would otherwise come out as garbage points that happen to divide evenly).
+
 Bad files raise InputDataError naming the file and what is wrong. Points with a NaN or
 infinite coordinate are dropped and counted (real drivers emit them for missing returns);
 a file with zero points reads as an empty (0, 4) array, which fusion handles as an empty
@@ -18,6 +26,38 @@ from pipeline.errors import InputDataError
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".bin", ".pcd", ".ply", ".npy")
+KITTI_FIELDS = ("x", "y", "z", "intensity")
+NUSCENES_FIELDS = ("x", "y", "z", "intensity", "ring")
+INTENSITY_NAMES = ("intensity", "reflectance", "remission", "i")
+SIDECAR_SUFFIX = ".fields"
+
+
+def parse_fields(spec: str | list[str] | tuple[str, ...], *, path: str | Path | None = None,
+                 field: str = "--cloud-fields") -> tuple[str, ...]:
+    """``"x,y,z,intensity,ring"`` -> a checked tuple of field names (x, y, z required, no repeats)."""
+    names = [n.strip().lower() for n in (spec.split(",") if isinstance(spec, str) else spec)]
+    if any(not n for n in names):
+        raise InputDataError(f"empty field name in {spec!r}", path=path, field=field)
+    for req in ("x", "y", "z"):
+        if req not in names:
+            raise InputDataError(f"the layout {','.join(names)} has no '{req}' field", path=path, field=field)
+    dup = {n for n in names if names.count(n) > 1 and n != "_"}
+    if dup:
+        raise InputDataError(f"field(s) {', '.join(sorted(dup))} repeated in {','.join(names)}", path=path,
+                             field=field)
+    return tuple(names)
+
+
+def bin_layout(path: Path, fields: str | list[str] | tuple[str, ...] | None = None) -> tuple[tuple[str, ...], str]:
+    """(field names, where the layout came from) of a raw float32 cloud file."""
+    if fields:
+        return parse_fields(fields, path=path), "--cloud-fields"
+    sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    if sidecar.is_file():
+        return parse_fields(sidecar.read_text().strip(), path=sidecar, field="fields"), str(sidecar)
+    if path.name.lower().endswith(".pcd.bin"):
+        return NUSCENES_FIELDS, "suffix .pcd.bin (nuScenes)"
+    return KITTI_FIELDS, "suffix .bin (KITTI)"
 
 
 @dataclass
@@ -27,13 +67,14 @@ class Cloud:
     path: Path
 
 
-def read_cloud(path: str | Path, *, bin_fields: int = 4) -> Cloud:
+def read_cloud(path: str | Path, *, fields: str | list[str] | tuple[str, ...] | None = None) -> Cloud:
+    """``fields``: the layout of a raw ``.bin`` (see the module doc); other formats carry their own."""
     path = Path(path)
     if not path.is_file():
         raise InputDataError("point cloud file not found", path=path)
     suffix = path.suffix.lower()
     if suffix == ".bin":
-        pts = _read_bin(path, bin_fields)
+        pts = _read_bin(path, *bin_layout(path, fields))
     elif suffix == ".npy":
         pts = _read_npy(path)
     elif suffix in (".pcd", ".ply"):
@@ -49,15 +90,20 @@ def read_cloud(path: str | Path, *, bin_fields: int = 4) -> Cloud:
     return Cloud(np.ascontiguousarray(pts, np.float32), dropped, path)
 
 
-def _read_bin(path: Path, fields: int) -> np.ndarray:
+def _read_bin(path: Path, fields: tuple[str, ...], origin: str) -> np.ndarray:
     size = path.stat().st_size
-    record = 4 * fields
+    record = 4 * len(fields)
     if size % record:
-        raise InputDataError(f"size {size} bytes is not a multiple of {record} (float32 x {fields} fields): "
-                             "truncated or not a KITTI .bin", path=path, field="points")
-    raw = np.fromfile(path, np.float32).reshape(-1, fields)
+        raise InputDataError(f"size {size} bytes is not a multiple of {record} (float32 x {len(fields)} fields "
+                             f"{','.join(fields)}, layout from {origin}): truncated, or another layout (declare it "
+                             "with --cloud-fields or a .fields sidecar)", path=path, field="points")
+    raw = np.fromfile(path, "<f4").reshape(-1, len(fields))
     out = np.zeros((len(raw), 4), np.float32)
-    out[:, : min(4, fields)] = raw[:, : min(4, fields)]
+    for k, name in enumerate(("x", "y", "z")):
+        out[:, k] = raw[:, fields.index(name)]
+    inten = next((fields.index(n) for n in INTENSITY_NAMES if n in fields), None)
+    if inten is not None:
+        out[:, 3] = raw[:, inten]
     return out
 
 

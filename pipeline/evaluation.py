@@ -19,7 +19,10 @@ points in the input's order). Metrics:
   information), object precision, and recall over the true objects the camera sees
   (>= ``MIN_VISIBLE_POINTS`` in-image points).
 
-Model metrics (mIoU of masks against the ground-truth images) come with a later issue.
+Real datasets (``--truth`` a KITTI object folder or a nuScenes keyframe folder) label 3D
+boxes only: the truth of a point is the box it lies in (``pipeline.datasets.boxes``), so the
+class accuracy counts only points inside labelled boxes, and instance recall is over the points
+inside the labelled boxes that lie in a camera's view.
 """
 from __future__ import annotations
 
@@ -135,10 +138,10 @@ def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, An
     per_class_hit = np.zeros(nc, np.int64)
     per_class_n = np.zeros(nc, np.int64)
     inst_hit = inst_pred = inst_true = 0
-    obj_err_bev, obj_err_3d = [], []
+    obj_err_bev, obj_err_3d, obj_err_centre = [], [], []
     obj_pred = obj_true_visible = obj_matched = 0
     frames = missing = 0
-    with open_drive(truth) as drive:
+    with _open_truth(truth) as drive:
         for f in drive.frames(on_error="skip"):
             cloud = rec["clouds"].get(int(f.lidar.stamp_ns))
             if cloud is None:
@@ -186,6 +189,7 @@ def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, An
                         obj_matched += 1
                         obj_err_3d.append(float(cost[r, c]))
                         obj_err_bev.append(float(np.linalg.norm(objs[r][3][:2] - boxes[c].center[:2])))
+                        obj_err_centre.append(float(np.linalg.norm(objs[r][5] - boxes[c].center)))
     if not frames:
         raise InputDataError("no frame of the recording matches a LiDAR sweep of the drive (a recording of "
                              "another drive?)", path=Path(recording))
@@ -209,8 +213,21 @@ def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, An
                     "centroid_to_box_m": _stats(obj_err_3d),
                     "centroid_within_0_3m": float(np.mean(np.array(obj_err_3d) <= 0.3)) if obj_err_3d else 0.0,
                     "bev_box_centre_to_true_centre_m": _stats(obj_err_bev),
+                    "centroid_to_true_centre_m": _stats(obj_err_centre),
                     "match_radius_m": MAX_MATCH_M},
     }
+
+
+def _open_truth(truth: str | Path):
+    """A drive with per-point ground truth, or a real dataset folder (KITTI object, nuScenes)
+    whose labelled 3D boxes give the truth (pipeline.datasets.readers.BoxTruth)."""
+    from pipeline.datasets.readers import BoxTruth, is_kitti_object, is_nuscenes
+    from pipeline.drive.io import open_drive
+
+    p = Path(truth)
+    if p.is_dir() and (is_kitti_object(p) or is_nuscenes(p)):
+        return BoxTruth(p)
+    return open_drive(truth)
 
 
 def centroid_to_box_m(centroid: np.ndarray, box) -> float:
@@ -231,6 +248,7 @@ def _stats(v: list[float]) -> dict[str, float]:
 def render_table(m: dict[str, Any]) -> str:
     p, i, o = m["points"], m["instances"], m["objects"]
     cb = o["centroid_to_box_m"]
+    cc, bb = o.get("centroid_to_true_centre_m", {}), o.get("bev_box_centre_to_true_centre_m", {})
     rows = [
         ("frames evaluated", f"{m['frames']['evaluated']}"),
         ("point class accuracy", f"{100 * p['class_accuracy']:.2f} %  of {p['labelled']:,} labelled points"),
@@ -241,9 +259,12 @@ def render_table(m: dict[str, Any]) -> str:
                     f"(precision {100 * o['precision']:.1f} %, recall {100 * o['recall']:.1f} %)"),
         ("centroid to true box", f"median {cb['median']:.2f} m, p90 {cb['p90']:.2f} m, "
                                  f"{100 * o['centroid_within_0_3m']:.0f} % within 0.3 m" if cb else "n/a"),
+        ("centroid to true centre", f"median {cc['median']:.2f} m, p90 {cc['p90']:.2f} m (3D)" if cc else "n/a"),
+        ("BEV box to true centre", f"median {bb['median']:.2f} m, p90 {bb['p90']:.2f} m" if bb else "n/a"),
     ]
     lines = ["", f"segfuse eval: {m['recording']} against {m['truth']}", f"  masks: {m['masks']}"]
-    lines += [f"  {k:<22}{v}" for k, v in rows]
+    lines += [f"  {k:<25}{v}" for k, v in rows]
     if m["oracle"]:
-        lines.append("  NOTE: the run used ground-truth masks (an oracle): these numbers measure fusion, not models")
+        lines.append("  NOTE: the run used oracle masks (ground truth or labelled boxes): these numbers measure fusion, "
+                     "not models")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from pipeline.sources import InputConfig
 from pipeline.stages import EnginesConfig
 from pipeline.sync import SyncConfig
 
-MASK_PROVIDERS = ("engines", "ground_truth")
+MASK_PROVIDERS = ("engines", "ground_truth", "label_boxes")
 
 
 @dataclass
@@ -48,8 +48,10 @@ class RunConfig:
     input: InputConfig = setting(factory=InputConfig, doc="what to read")
     run: RunOptions = setting(factory=RunOptions, doc="how to run it")
     sync: SyncConfig = setting(factory=SyncConfig, doc="camera-LiDAR pairing")
-    masks: str = setting(choices=MASK_PROVIDERS, doc="where the masks come from: engines (the models) or "
-                         "ground_truth (the drive's own masks: an ORACLE for testing fusion; say so explicitly)")
+    masks: str = setting(choices=MASK_PROVIDERS, doc="where the masks come from: engines (the models), "
+                         "ground_truth (the drive's own masks: an ORACLE for testing fusion; say so explicitly) or "
+                         "label_boxes (a KITTI object / nuScenes folder's labelled 3D boxes drawn as rectangles: an "
+                         "ORACLE too)")
     engines: EnginesConfig = setting(factory=EnginesConfig, doc="the models (masks: engines)")
     fusion: FusionConfig = setting(factory=FusionConfig, doc="fusion of masks and LiDAR")
     sinks: SinksConfig = setting(factory=SinksConfig, doc="outputs")

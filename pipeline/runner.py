@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ORACLE_LABEL = "ground truth (ORACLE: the drive's ground-truth masks stand in for the models)"
+ORACLE_PROVIDERS = ("ground_truth", "label_boxes")
 __all__ = ["POLICIES", "RunOptions", "build_run", "run_pipeline"]
 
 
@@ -83,6 +84,8 @@ class Run:
     out: Path = Path(".")
     warm: list[Any] = field(default_factory=list)     # called once before the first frame
     owns_engines: bool = True                         # False: the caller's open engines (build_run(engines=))
+    fuse: Any = None                                  # the Fuse stage (its per-camera counts go in the summary)
+    note: str | None = None                           # the synthetic-only models note (pipeline.model_notes)
 
     def close_engines(self) -> None:
         if self.owns_engines:
@@ -113,8 +116,10 @@ def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, 
                          (Batches, ModelOutputs), Masks)]
         label = masks_label(cfg.engines)
     else:
+        from pipeline.datasets.boxes import LABEL_BOXES_NOTE
+
         stages.append(Stage("masks", GroundTruthMasks(), (SyncedFrame,), Masks))
-        label = ORACLE_LABEL
+        label = ORACLE_LABEL if cfg.masks == "ground_truth" else LABEL_BOXES_NOTE
     fuse = Fuse(opened.rig, cfg.fusion, taxonomy)
     stages.append(Stage("fuse", fuse, (SyncedFrame, Masks), FusionResult, optional=True))
     warm = [lambda: fuse.warm_up(opened.camera_id, opened.lidar_id)]
@@ -138,7 +143,8 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
     from pipeline.types import FrameResult
 
     taxonomy = load_taxonomy()
-    opened = open_sources(cfg.input, config_path=cfg.path, want_truth=cfg.masks == "ground_truth")
+    opened = open_sources(cfg.input, config_path=cfg.path, want_truth=cfg.masks == "ground_truth",
+                          want_box_masks=cfg.masks == "label_boxes")
     given = dict(engines or {})
     engines = dict(given)
     sinks: list[Any] = []
@@ -146,19 +152,28 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
     try:
         main = opened.sources[0]
         if cfg.masks == "ground_truth" and not main.info.has_truth:
+            hint = " or masks: label_boxes (its labelled boxes as masks)" if main.info.extra.get("label_boxes") else ""
             raise ConfigError(f"masks: ground_truth needs an input with ground-truth masks (/gt/<camera>/semantic); "
-                              f"{main.info.name} has none: set masks: engines", path=cfg.path, field="masks")
+                              f"{main.info.name} has none: set masks: engines{hint}", path=cfg.path, field="masks")
+        if cfg.masks == "label_boxes" and not main.info.extra.get("label_boxes"):
+            raise ConfigError(f"masks: label_boxes needs a dataset folder with labelled 3D boxes (KITTI object "
+                              f"label_2/, nuScenes calib.json instances); {main.info.name} has none", path=cfg.path,
+                              field="masks")
         live_input = any(s.info.live for s in opened.sources)
         if live_input and cfg.run.policy == "replay":
             log.warning("a live input (%s) with the replay policy: frames queue up behind a slow stage; "
                         "run.policy: live keeps latency bounded", main.info.uri)
         stages, warm, label = build_stages(cfg, opened, taxonomy, engines)
+        from pipeline.model_notes import synthetic_only_note
+
+        fuse_stage = next(s.fn for s in stages if getattr(s, "name", None) == "fuse")   # its per-camera counts
+        note = synthetic_only_note(cfg, main)           # None, or the one line: these models know only sim
 
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
         sink_stages = []
         sc = cfg.sinks
-        run_info = {"masks": cfg.masks, "masks_label": label, "oracle": cfg.masks == "ground_truth",
+        run_info = {"masks": cfg.masks, "masks_label": label, "oracle": cfg.masks in ORACLE_PROVIDERS,
                     "input": main.info.name, "policy": cfg.run.policy, "config": Path(cfg.path).name,
                     "taxonomy": list(taxonomy.names), "camera": opened.camera_id, "lidar": opened.lidar_id}
         # every sink carries the same topics (pipeline.sinks.schema): the same flags for all
@@ -167,13 +182,16 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
         if sc.recorder.enabled:
             recorder = Recorder(out, opened.rig, taxonomy, camera_id=opened.camera_id, lidar_id=opened.lidar_id,
                                 run_info=run_info, compression=sc.recorder.compression, **schema_flags)
+            if len(main.info.extra.get("cameras", ())) > 1:             # a camera set: record every camera
+                recorder.add_set_cameras(opened.rig, main.info.extra["cameras"])
             sinks.append(recorder)
             sink_stages.append(Stage("record", recorder.write, (FrameResult,)))
         if sc.overlay.enabled:
             fps = (sc.overlay.fps or main.info.rate_hz or 10.0) / sc.overlay.every_n_frames
+            short = {"ground_truth": "ground truth (ORACLE)", "label_boxes": "labelled boxes (ORACLE)"}
             overlay = OverlayVideo(out, opened.rig, taxonomy, camera_id=opened.camera_id, fps=fps,
-                                   masks_label="ground truth (ORACLE)" if cfg.masks == "ground_truth" else "models",
-                                   mask_alpha=sc.overlay.mask_alpha, every_n_frames=sc.overlay.every_n_frames)
+                                   masks_label=short.get(cfg.masks, "models"), mask_alpha=sc.overlay.mask_alpha,
+                                   every_n_frames=sc.overlay.every_n_frames, note=note)
             sinks.append(overlay)
             sink_stages.append(Stage("overlay", overlay.write, (FrameResult,)))
         if sc.publisher.enabled:
@@ -209,7 +227,7 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
         opened.close()
         raise
     return Run(cfg, opened, graph, sync, sinks, recorder, overlay, publisher, liveview, engines, label, out, warm,
-               owns_engines=not given)
+               owns_engines=not given, fuse=fuse_stage, note=note)
 
 
 def _run_info_json(recorder: Any, run_info: dict[str, Any]) -> str:
@@ -315,7 +333,9 @@ def make_summary(run: Run, seconds: float, recording: Path | None, video: Path |
     return {
         "input": run.opened.sources[0].info.name, "uri": run.opened.sources[0].info.uri,
         "policy": cfg.run.policy, "rate": cfg.run.rate, "masks": cfg.masks, "masks_label": run.masks_label,
-        "oracle": cfg.masks == "ground_truth",
+        "oracle": cfg.masks in ORACLE_PROVIDERS,
+        "note": run.note,
+        "points_by_camera": dict(run.fuse.points_by_camera) if run.fuse is not None else {},
         "frames": {"in": g.frames_in, "accepted": g.accepted, "done": g.done, "dropped": g.dropped,
                    "failed": dict(g.failed), "recorded": run.recorder.frames if run.recorder else None,
                    "fused_clouds": run.recorder.clouds if run.recorder else None},
@@ -377,6 +397,12 @@ def render_summary(s: dict[str, Any]) -> str:
         lines.append("               (open the recording's .mcap in Foxglove"
                      + (f"; segfuse eval --drive {s['recording']} --truth DRIVE scores it)"
                         if f["fused_clouds"] else ")"))
+    if s.get("points_by_camera"):
+        lines.append("  by camera    points each camera covers (labelled): " + ", ".join(
+            f"{k} {v['points']:,} ({v['labelled']:,})" for k, v in s["points_by_camera"].items()))
     if s["oracle"]:
-        lines.append("  NOTE         masks are the drive's ground truth (an oracle), not model output")
+        what = "the dataset's labelled boxes" if s["masks"] == "label_boxes" else "the drive's ground truth"
+        lines.append(f"  NOTE         masks are {what} (an oracle), not model output")
+    if s.get("note"):
+        lines.append(f"  NOTE         {s['note']}")
     return "\n".join(lines)

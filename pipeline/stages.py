@@ -117,7 +117,8 @@ class Infer:
         self.engine = engine
 
     def __call__(self, batches: Batches) -> ModelOutput:
-        return ModelOutput(self.kind, self.engine.infer(batches.by_kind[self.kind].feed()))
+        out = _infer_frames(self.engine, self.kind, batches.by_kind[self.kind].feed())   # a camera set: per frame
+        return ModelOutput(self.kind, out)
 
 
 class Postprocess:
@@ -142,11 +143,14 @@ class Postprocess:
                 semantic[m.camera_id] = m
         if "maskrcnn" in outputs.by_kind:
             b = batches.by_kind["maskrcnn"]
-            for inst in postprocess_batch("maskrcnn", outputs.by_kind["maskrcnn"], b.transforms, b.camera_ids,
-                                          score_threshold=self.score_threshold, mask_threshold=self.mask_threshold,
-                                          ignore_id=ignore):
-                instances[inst.camera_id] = inst
-                maps[inst.camera_id] = InstanceMap.from_instances(inst)
+            outs = outputs.by_kind["maskrcnn"]
+            per_frame = outs if isinstance(outs, list) else [outs]     # a camera set: one output per frame
+            for k, out in enumerate(per_frame):
+                for inst in postprocess_batch("maskrcnn", out, b.transforms[k:k + 1], b.camera_ids[k:k + 1],
+                                              score_threshold=self.score_threshold,
+                                              mask_threshold=self.mask_threshold, ignore_id=ignore):
+                    instances[inst.camera_id] = inst
+                    maps[inst.camera_id] = InstanceMap.from_instances(inst)
         return Masks(semantic=semantic, instances=instances, instance_maps=maps)
 
 
@@ -159,18 +163,22 @@ class Fuse:
         self.rig = rig
         self.cfg = fusion_cfg
         self.taxonomy = taxonomy
+        self.points_by_camera: dict[str, dict[str, int]] = {}   # camera: points it covers / labelled, whole run
 
     def __call__(self, frame: SyncedFrame, masks: Masks) -> FusionResult | None:
         from pipeline.fusion.frame import CameraMasks, fuse_frame
 
-        if frame.lidar is None or self.rig is None:
+        rig = frame.rig if frame.rig is not None else self.rig     # per-frame calibration (KITTI object)
+        if frame.lidar is None or rig is None:
             return None
         cams = []
         for cam in frame.cameras:
             sem = masks.semantic.get(cam.camera_id)
             cams.append(CameraMasks(cam.camera_id, cam.stamp_ns, None if sem is None else sem.class_ids,
                                     masks.instance_maps.get(cam.camera_id)))
-        return fuse_frame(frame.lidar, cams, self.rig, self.cfg, self.taxonomy, frame.poses)
+        result = fuse_frame(frame.lidar, cams, rig, self.cfg, self.taxonomy, frame.poses)
+        _count_by_camera(self.points_by_camera, result.cloud, [c.camera for c in cams], self.taxonomy.ignore_id)
+        return result
 
     def warm_up(self, camera_id: str, lidar_id: str | None) -> None:
         """One small fusion before the first frame: loads the compiled kernels and Open3D, so the
@@ -202,3 +210,33 @@ def model_input_hw(engines: dict[str, Any]) -> dict[str, tuple[int, int]]:
 def masks_label(engines_cfg: EnginesConfig) -> str:
     d, m = engines_cfg.deeplab, engines_cfg.maskrcnn
     return (f"DeepLab ({Path(d.model).name}, {d.backend}) + Mask R-CNN ({Path(m.model).name}, {m.backend})")
+
+
+# --- camera sets ----------------------------------------------------------------------------
+
+def _infer_frames(engine: Any, kind: str, feed: dict[str, np.ndarray]) -> Any:
+    """``engine.infer`` on ``feed``; with several frames and an engine whose batch is fixed at a
+    different size, one call per frame: DeepLab outputs are stacked, Mask R-CNN's (no batch
+    axis) come back as a list, one per frame."""
+    images = feed["images"]
+    n = int(images.shape[0])
+    batch_dim = engine.inputs[0].shape[0] if getattr(engine, "inputs", None) else None
+    if n == 1 or batch_dim is None or batch_dim == n:
+        return engine.infer(feed)
+    outs = [engine.infer({"images": images[i:i + 1]}) for i in range(n)]
+    if kind == "maskrcnn":
+        return outs
+    return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
+
+
+def _count_by_camera(counts: dict[str, dict[str, int]], cloud: Any, camera_names: list[str], ignore_id: int) -> None:
+    """Add to ``counts[camera]`` the points of ``cloud`` that camera covers (``points``: it is
+    the camera the multi-camera rule gave them to) and those of them it labelled (``labelled``)."""
+    k_all = cloud.camera_index[cloud.camera_index >= 0].astype(np.int64)
+    k_lab = cloud.camera_index[(cloud.camera_index >= 0) & (cloud.class_id != ignore_id)].astype(np.int64)
+    h_all = np.bincount(k_all, minlength=len(camera_names))
+    h_lab = np.bincount(k_lab, minlength=len(camera_names))
+    for k, name in enumerate(camera_names):
+        c = counts.setdefault(name, {"points": 0, "labelled": 0})
+        c["points"] += int(h_all[k])
+        c["labelled"] += int(h_lab[k])

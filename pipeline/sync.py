@@ -118,6 +118,13 @@ class Synchronizer:
         return len(self._cameras)
 
     # -- pairing ---------------------------------------------------------------------------
+    def _target_ns(self, cam: CameraInput) -> int:
+        """The shifted stamp a camera item pairs by; a camera set the dataset already paired with a
+        sweep (``set_stamp_ns``) carries that sweep's stamp, shifted as the sweep is."""
+        if cam.set_stamp_ns is not None:
+            return cam.stamp_ns + self.offset_ns(cam.set_lidar_id or "", self.cfg.lidar_offset_ms)
+        return cam.stamp_ns + self.offset_ns(cam.frame.camera_id, self.cfg.camera_offset_ms)
+
     def _add_poses(self, p: PoseInput) -> None:
         if p.stamps_ns.size:
             last = self._pose_stamps[-1] if self._pose_stamps else None
@@ -157,7 +164,7 @@ class Synchronizer:
         out: list[tuple[SyncedFrame, Any]] = []
         while self._cameras:
             cam, arrived_ns, token = self._cameras[0]
-            target = cam.stamp_ns + self.offset_ns(cam.frame.camera_id, self.cfg.camera_offset_ms)
+            target = self._target_ns(cam)
             timed_out = self.live and now_ns - arrived_ns >= self.timeout_ns
             decided, idx = self._match(target)
             if not (decided or flush or timed_out):
@@ -198,11 +205,11 @@ class Synchronizer:
                 Ts = np.stack(self._pose_T[lo:hi])
                 pose = Ts[int(np.argmin(np.abs(stamps - cam.stamp_ns)))]
                 poses = Poses(stamps, Ts)
-        truth = {}
+        truth = {cid: MaskTruth(*t) for cid, t in cam.more_truth.items()}    # a camera set: the others' truth
         if cam.semantic_truth is not None or cam.instance_truth is not None:
             truth[cam.frame.camera_id] = MaskTruth(cam.semantic_truth, cam.instance_truth)
-        return SyncedFrame(frame_index=index, cameras=[cam.frame], lidar=sweep.sweep if sweep else None,
-                           T_world_from_base=pose, poses=poses, truth=truth, camera_seq=cam.seq)
+        return SyncedFrame(frame_index=index, cameras=cam.frames, lidar=sweep.sweep if sweep else None,
+                           T_world_from_base=pose, poses=poses, truth=truth, camera_seq=cam.seq, rig=cam.rig)
 
     def _prune(self) -> None:
         # Sweeps no future camera frame can take: cameras come in stamp order.
@@ -210,8 +217,7 @@ class Synchronizer:
             floor = self._last_target_ns - self.tol_ns
             if self._cameras:
                 c = self._cameras[0][0]
-                floor = max(floor, c.stamp_ns + self.offset_ns(c.frame.camera_id, self.cfg.camera_offset_ms)
-                            - self.tol_ns)
+                floor = max(floor, self._target_ns(c) - self.tol_ns)
             keep = [s for s in self._sweeps if s[0] >= floor]
             self.stats.sweeps_unused += len(self._sweeps) - len(keep)
             self._sweeps = keep

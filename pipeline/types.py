@@ -74,6 +74,7 @@ class SyncedFrame:
     poses: Poses | None = None             # the ego poses covering the sweep and the exposure
     truth: dict[str, MaskTruth] = field(default_factory=dict)    # camera id -> ground truth, if any
     camera_seq: int = 0                    # index of the (first) camera image in its source
+    rig: object = None                     # the frame's own calibration.rig.Rig when it varies per frame (KITTI object)
 
     @property
     def camera(self) -> CameraFrame:
@@ -116,7 +117,7 @@ class ModelOutput:
     """One engine's raw outputs for one batch (``Infer``)."""
 
     kind: str                              # deeplab | maskrcnn
-    outputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray] | list[dict[str, np.ndarray]]   # list: a camera set on a one-frame engine
 
 
 @dataclass(frozen=True)

@@ -163,8 +163,9 @@ def test_real_drive_folder(tmp_path, kitti_raw):
 
 
 def test_real_velodyne_scans(tmp_path, kitti_raw):
-    """11 real HDL-64E scans; their start/end files cover the whole source drive (361 lines),
-    so the reader falls back to timestamps.txt for the LiDAR stamps."""
+    """11 real HDL-64E scans; their start/end files cover the whole source drive (361 lines), so
+    each LiDAR stamp is the start of the sweep whose [start, end] holds the frame's timestamps.txt
+    stamp (a sweep start, like every other layout: the configs' lidar_offset_ms is measured from it)."""
     src = kitti_raw / SCANS / "velodyne_points"
     drive = _date_folder(tmp_path, kitti_raw) / SCANS
     drive.mkdir()
@@ -174,7 +175,10 @@ def test_real_velodyne_scans(tmp_path, kitti_raw):
     png = _png(375, 1242)
     for i in range(11):
         (drive / "image_02" / "data" / f"{i:010d}.png").write_bytes(png)
-    stamps = parse_timestamps(src / "timestamps.txt")
+    mid = parse_timestamps(src / "timestamps.txt")
+    start, end = parse_timestamps(src / "timestamps_start.txt"), parse_timestamps(src / "timestamps_end.txt")
+    stamps = [int(start[(start <= m) & (m <= end)][0]) for m in mid]
+    assert all(45_000_000 < m - s < 60_000_000 for m, s in zip(mid, stamps))   # about half a sweep before
     with open_drive(drive) as d:
         assert len(d) == 11
         for i, f in enumerate(d.frames()):

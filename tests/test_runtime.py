@@ -324,3 +324,20 @@ def test_overlay_decimation_draws_every_nth_frame_and_says_so(drive, tmp_path, c
     cap.release()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["overlay_decimation"]["every_n_frames"] == 3
     assert "decimated: 1 frame in 3 drawn" in render_summary(s)
+
+
+def test_synthetic_only_note_is_for_real_inputs_only(drive, kitti_object):
+    """The committed models on a segfuse sim drive: no note; on a real folder: the note."""
+    from pipeline.model_notes import SYNTHETIC_ONLY_NOTE, synthetic_only_note
+    from pipeline.run_config import load_run_config
+    from pipeline.sources.dataset import DatasetSource
+    from pipeline.sources.drive import DriveSource
+    from pipeline.sources.uri import parse_uri
+
+    cfg = load_run_config(REPO / "configs" / "demo.yaml")            # masks: engines, the committed models
+    with DriveSource(parse_uri(str(drive))) as sim_src:
+        assert synthetic_only_note(cfg, sim_src) is None
+    real = DatasetSource(parse_uri(str(kitti_object)))
+    assert synthetic_only_note(cfg, real) == SYNTHETIC_ONLY_NOTE
+    cfg.masks = "ground_truth"
+    assert synthetic_only_note(cfg, real) is None

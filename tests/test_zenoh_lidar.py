@@ -159,3 +159,30 @@ def test_zenoh_lidar_rejects_wrong_types_and_clouds_without_xyz():
             src._decode(key, bytes(ts.serialize_cdr(no_x, T_CLOUD)))
     finally:
         src.close()
+
+
+def test_zenoh_lidar_takes_the_rig_lidar_named_by_header_frame_id():
+    """ROS: a cloud's points are in header.frame_id; the source maps it to that rig LiDAR, and
+    refuses (skips) a frame the rig has no LiDAR for instead of fusing it with another extrinsic."""
+    from calibration.camera import PinholeCamera
+    from calibration.rig import CameraSensor, LidarSensor, Rig
+    from pipeline.errors import InputDataError
+    from pipeline.sources.zenoh_lidar import ZenohLidarSource
+
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    rig = Rig([CameraSensor("cam", "cam_optical", PinholeCamera(K, None, 640, 480, distortion_model="none"), np.eye(4))],
+              [LidarSensor("lidar_top", "velodyne", np.eye(4)), LidarSensor("lidar_rear", "rear_link", np.eye(4))])
+    ts = make_typestore()
+    key = topic_key(0, "/velodyne_points", T_CLOUD, type_hash(ts, T_CLOUD))
+    src = ZenohLidarSource(parse_uri(f"zenoh://0/velodyne_points/**?listen=tcp/127.0.0.1:{free_port()}",
+                                     field_name="input.lidar"), rig=rig)
+    try:
+        xyz = np.array([[1.0, 2.0, 3.0]], np.float32)
+        sweep = src._decode(key, cloud_cdr(ts, 5, xyz, np.array([0])))         # frame_id "velodyne"
+        assert sweep.lidar_id == "lidar_top"
+        assert src.lidar_for_frame("rear_link") == "lidar_rear" and src.lidar_for_frame("") == src.lidar_id
+        with pytest.raises(InputDataError, match="header.frame_id 'map' is no LiDAR of the rig"):
+            src.lidar_for_frame("map")
+    finally:
+        src.stop()
+        src.close()

@@ -484,6 +484,44 @@ def parse_poses_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return stamps, T
 
 
+def sweep_start_stamps(velo: Path, mid: np.ndarray, n: int) -> np.ndarray:
+    """The LiDAR stamp of each frame as the sweep start (our convention, and what a config's
+    ``lidar_offset_ms`` is measured from), in every layout KITTI raw folders come in:
+
+    - ``timestamps_start.txt`` with one line per frame: those lines;
+    - a start file of another length (a clip cut from a longer drive keeps the full drive's
+      start/end files): for each frame, the start of the sweep whose [start, end] holds the
+      frame's ``timestamps.txt`` stamp (end from ``timestamps_end.txt``, else the next start);
+    - no start file, or a frame no sweep holds: ``timestamps.txt`` (KITTI's mid-sweep stamp,
+      when the LiDAR faces forward) less half the sweep period, measured from the stamps.
+    """
+    start_path = velo / "timestamps_start.txt"
+    if start_path.is_file():
+        start = parse_timestamps(start_path)
+        if start.size == n:
+            return start
+    half = SWEEP_PERIOD_NS // 2
+    if n > 1:
+        half = int(np.median(np.diff(mid))) // 2
+    out = mid - half
+    if not start_path.is_file():
+        log.warning("%s: no timestamps_start.txt; LiDAR stamps are timestamps.txt less half a sweep (%.1f ms)",
+                    velo, half / 1e6)
+        return out
+    start = np.sort(start)
+    end_path = velo / "timestamps_end.txt"
+    end = np.sort(parse_timestamps(end_path)) if end_path.is_file() else None
+    if end is None or end.size != start.size:
+        end = np.append(start[1:], start[-1] + 2 * half)
+    k = np.searchsorted(start, mid, side="right") - 1
+    ok = (k >= 0) & (mid <= end[np.clip(k, 0, None)])
+    out[ok] = start[k[ok]]
+    log.info("%s: %d lines for %d frames (a clip of a longer drive): %d LiDAR stamps are the start of the sweep "
+             "holding each frame's stamp, %d are timestamps.txt less half a sweep", start_path, start.size, n,
+             int(ok.sum()), int((~ok).sum()))
+    return out
+
+
 class KittiRawDrive(Drive):
     """A KITTI raw drive folder opened for reading: ours (with segfuse/) or a real one."""
 
@@ -509,14 +547,7 @@ class KittiRawDrive(Drive):
         lid = parse_timestamps(velo / "timestamps.txt")
         if lid.size != n:
             raise InputDataError(f"{lid.size} LiDAR timestamps for {n} camera timestamps", path=velo / "timestamps.txt")
-        if (velo / "timestamps_start.txt").is_file():
-            start = parse_timestamps(velo / "timestamps_start.txt")
-            if start.size == n:
-                lid = start          # our stamp convention: the sweep start
-            else:
-                log.warning("%s: %d lines for %d frames; using timestamps.txt for the LiDAR stamps",
-                            velo / "timestamps_start.txt", start.size, n)
-        self._lidar_stamps = lid
+        self._lidar_stamps = sweep_start_stamps(velo, lid, n)
         if self._ours:
             self._pose_stamps, self._poses = parse_poses_file(ex / "poses.txt")
         else:

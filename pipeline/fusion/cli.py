@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--semantic", required=True, help="PNG of class ids (configs/classes.yaml)")
     p.add_argument("--instances", help="PNG of instance ids (0 = none)")
     p.add_argument("--instances-meta", help='JSON {"<id>": {"class": name, "score": 0..1}}')
-    p.add_argument("--camera", help="rig camera the masks belong to (default: the rig's only/first camera)")
+    p.add_argument("--cloud-fields", help="layout of a raw float32 .bin, e.g. x,y,z,intensity,ring (default: a "
+                                          "<cloud>.fields sidecar, else nuScenes for .pcd.bin, else KITTI x,y,z,i)")
+    p.add_argument("--camera", help="rig camera the masks belong to (default: the rig's only camera; on KITTI "
+                                    "rigs the left colour camera cam2/cam02; else the first)")
     p.add_argument("--no-occlusion", action="store_true", help="turn the depth test off")
     p.add_argument("--edge", choices=["none", "erode", "depth_gate"], default="none", help="mask-edge handling")
     p.add_argument("--out", required=True, help="output directory")
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = FusionConfig(ego_motion=False, occlusion=not args.no_occlusion, edge_mode=args.edge)
     summary = fuse_files(rig_path=args.rig, cloud_path=args.cloud, semantic_path=args.semantic,
                          instances_path=args.instances, instances_meta_path=args.instances_meta,
-                         out=args.out, camera=args.camera, cfg=cfg)
+                         out=args.out, camera=args.camera, cfg=cfg,
+                         cloud_fields=args.cloud_fields)
     print(summary.render())
     return 0

@@ -100,16 +100,17 @@ class OfflineSummary:
 
 def fuse_files(*, rig_path: str | Path, cloud_path: str | Path, semantic_path: str | Path | None,
                instances_path: str | Path | None, instances_meta_path: str | Path | None, out: str | Path,
-               camera: str | None = None, cfg: FusionConfig | None = None) -> OfflineSummary:
+               camera: str | None = None, cfg: FusionConfig | None = None,
+               cloud_fields: str | None = None) -> OfflineSummary:
     from calibration.io import load_rig
     from pipeline.cloud_io import read_cloud
 
     taxonomy = load_taxonomy()
     cfg = cfg or FusionConfig(ego_motion=False)
     rig = load_rig(rig_path)
-    cam = rig.camera(camera)
+    cam = rig.camera(camera) if camera else rig.default_camera
     shape = (cam.height, cam.width)
-    cloud = read_cloud(cloud_path)
+    cloud = read_cloud(cloud_path, fields=cloud_fields)
     semantic = read_label_png(semantic_path, field="--semantic", expect_shape=shape) if semantic_path else None
     if semantic is not None:
         if semantic.dtype != np.uint8:

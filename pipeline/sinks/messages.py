@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.msgs import header, transform_stamped
 from pipeline.types import FrameResult
-from pipeline.sinks.schema import BASE_FRAME, WORLD_FRAME, TopicSpec, topics_for
+from pipeline.sinks.schema import BASE_FRAME, TOPICS, WORLD_FRAME, TopicSpec, topics_for
 
 TOPIC_TF_STATIC = "/tf_static"
 TOPIC_TF = "/tf"
@@ -78,6 +78,8 @@ class FrameView:
     instance_maps: dict
     fusion: Any
     dropped: int = 0               # frames the run dropped so far (live policy)
+    more: tuple = ()               # the other cameras of a camera set (CameraFrame), after ``camera``
+    rig: Any = None                # the frame's own rig (KITTI object: per frame), else None
 
 
 def frame_view(result: FrameResult) -> FrameView:
@@ -85,7 +87,7 @@ def frame_view(result: FrameResult) -> FrameView:
     f = result.frame
     return FrameView(int(result.index), int(f.camera_seq), int(result.received_ns), f.cameras[0], f.lidar,
                      f.T_world_from_base, result.masks.semantic, result.masks.instance_maps, result.fusion,
-                     int(result.counters.dropped))
+                     int(result.counters.dropped), tuple(f.cameras[1:]), f.rig)
 
 
 class FrameCache:
@@ -146,6 +148,18 @@ class RosMessages:
         self.topics: dict[str, str] = {name: spec.msgtype for name, spec in self.schema.items()}
         self.cache: FrameCache | None = None  # set by the runner: one for all the run's sinks
 
+    def add_set_cameras(self, rig: Any, camera_ids: list[str]) -> None:
+        """The other cameras of a camera set (nuScenes' six): their per-camera topics (camera_info,
+        image_raw, semantic, instance) join this sink's schema, and each frame's messages carry
+        them. For sinks that create topics as they write (the recorder)."""
+        extra = [c for c in camera_ids if c != self.camera_id and rig is not None and c in rig.camera_names]
+        self._set_cams = {c: rig.camera(c) for c in extra}
+        per_cam = [t for t in TOPICS if "{cam}" in t.name and t.topic(self.camera_id) in self.schema]
+        for c in extra:
+            for t in per_cam:
+                self.schema[t.topic(c)] = t
+        self.topics = {name: spec.msgtype for name, spec in self.schema.items()}
+
     def frame_cdr(self, v: FrameView, *, live: bool = False, want: Any = None) -> list[tuple[str, str, int, bytes]]:
         """:meth:`frame_messages`, serialized (CDR bytes), through the run's FrameCache when there
         is one. FrameStatus is cached per ``live`` (the live sinks' copy has wall-clock fields)."""
@@ -181,6 +195,8 @@ class RosMessages:
         tfs = []
         if self._cam is not None:
             tfs.append(self._transform(stamp_ns, BASE_FRAME, self._cam_frame, self._cam.T_base_from_cam))
+        for other in getattr(self, "_set_cams", {}).values():          # the rest of a camera set
+            tfs.append(self._transform(stamp_ns, BASE_FRAME, other.frame_id, other.T_base_from_cam))
         if self._lidar is not None:
             tfs.append(self._transform(stamp_ns, BASE_FRAME, self._lidar_frame, self._lidar.T_base_from_lidar))
         return tfs
@@ -209,7 +225,8 @@ class RosMessages:
                 transforms=[self._transform(cam_ns, WORLD_FRAME, BASE_FRAME, v.T_world_from_base)]))
         put(TOPIC_CLOCK, cam_ns, lambda: T["rosgraph_msgs/msg/Clock"](clock=self._header(cam_ns, "").stamp))
         if self._cam is not None:
-            put(camera_info_topic(cid), cam_ns, lambda: self._camera_info(cam_ns))
+            own = v.rig.camera(cid) if v.rig is not None and cid in v.rig.camera_names else None   # per-frame rig
+            put(camera_info_topic(cid), cam_ns, lambda: self._camera_info(cam_ns, own))
         put(image_topic(cid), cam_ns, lambda: self._image(cam_ns, cam.image, "bgr8"))
         sem = v.semantic.get(cid)
         if sem is not None:
@@ -224,6 +241,24 @@ class RosMessages:
             put(TOPIC_LANES, cam_ns, lambda: self._lanes(cam_ns, res.lanes))
             put(TOPIC_LANE_LINES, cam_ns, lambda: self._lane_lines(cam_ns, res.lanes))
             put(TOPIC_MARKERS, cam_ns, lambda: self._markers(cam_ns, res))
+        set_cams = getattr(self, "_set_cams", {})
+        for f in v.more:                                  # the rest of a camera set (add_set_cameras)
+            sensor = (v.rig.camera(f.camera_id) if v.rig is not None and f.camera_id in v.rig.camera_names
+                      else set_cams.get(f.camera_id))
+            if sensor is None:
+                continue
+            f_ns, fid = int(f.stamp_ns), f.camera_id
+            put(camera_info_topic(fid), f_ns, lambda f_ns=f_ns, sensor=sensor: self._camera_info(f_ns, sensor))
+            put(image_topic(fid), f_ns, lambda f=f, f_ns=f_ns, sensor=sensor: self._image(f_ns, f.image, "bgr8",
+                                                                                          sensor.frame_id))
+            m = v.semantic.get(fid)
+            if m is not None:
+                put(semantic_topic(fid), f_ns, lambda m=m, f_ns=f_ns, sensor=sensor: self._image(
+                    f_ns, m.class_ids, "mono8", sensor.frame_id))
+            im = v.instance_maps.get(fid)
+            if im is not None:
+                put(instance_topic(fid), f_ns, lambda im=im, f_ns=f_ns, sensor=sensor: self._image(
+                    f_ns, im.ids, "mono16", sensor.frame_id))
         put(TOPIC_STATUS, cam_ns, lambda: self._status(v, cam_ns, live=live))
         return out
 
@@ -234,11 +269,12 @@ class RosMessages:
     def _transform(self, stamp_ns: int, parent: str, child: str, M: np.ndarray) -> Any:
         return transform_stamped(self._ts, stamp_ns, parent, child, M)
 
-    def _image(self, stamp_ns: int, array: np.ndarray, encoding: str) -> Any:
+    def _image(self, stamp_ns: int, array: np.ndarray, encoding: str, frame_id: str | None = None) -> Any:
         h = array.shape[0]
         data = array.reshape(-1) if array.dtype == np.uint8 else array.astype("<u2").view(np.uint8).reshape(-1)
         return self._ts.types["sensor_msgs/msg/Image"](
-            header=self._header(stamp_ns, self._cam_frame), height=h, width=array.shape[1], encoding=encoding,
+            header=self._header(stamp_ns, frame_id or self._cam_frame), height=h, width=array.shape[1],
+            encoding=encoding,
             is_bigendian=0, step=int(data.size // h), data=np.ascontiguousarray(data))
 
     def _string(self, text: str) -> Any:
@@ -318,16 +354,17 @@ class RosMessages:
             lidar_missing=v.sweep is None, fused=res is not None,
             ego_motion=bool(res is not None and res.ego_motion_applied))
 
-    def _camera_info(self, stamp_ns: int) -> Any:
+    def _camera_info(self, stamp_ns: int, sensor: Any = None) -> Any:
         T = self._ts.types
-        m = self._cam.model
+        sensor = sensor if sensor is not None else self._cam
+        m = sensor.model
         K = np.asarray(m.K, np.float64)
         dist = np.asarray(getattr(m, "dist", getattr(m, "D", np.zeros(5))), np.float64).reshape(-1)
         model = {"fisheye": "equidistant"}.get(m.kind, str(getattr(m, "distortion_model", "plumb_bob")))
         P = np.asarray(m.P, np.float64).reshape(3, 4) if hasattr(m, "P") else np.hstack([K, np.zeros((3, 1))])
         roi = T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         return T["sensor_msgs/msg/CameraInfo"](
-            header=self._header(stamp_ns, self._cam_frame), height=int(m.height), width=int(m.width),
+            header=self._header(stamp_ns, sensor.frame_id), height=int(m.height), width=int(m.width),
             distortion_model=model, d=dist.copy(), k=K.reshape(9).copy(),
             r=np.eye(3).reshape(9), p=P.reshape(12), binning_x=0, binning_y=0, roi=roi)
 

@@ -95,32 +95,86 @@ def draw_fusion(image: np.ndarray, result: Any, camera: Any, taxonomy: Any, *, p
     return img
 
 
-def draw_overlay(result: FrameResult, camera: Any, taxonomy: Any, *, masks_label: str,
-                 mask_alpha: float = 0.35) -> np.ndarray:
-    """One overlay frame of a FrameResult. ``camera``: the rig's CameraSensor or None."""
+MOSAIC_PANEL_WIDTH = 640            # px per panel of a camera-set overlay
+
+
+def mosaic(panels: list[np.ndarray], *, panel_width: int = MOSAIC_PANEL_WIDTH, columns: int = 3) -> np.ndarray:
+    """Panels (BGR, any sizes) scaled to ``panel_width`` and laid out row by row; nuScenes' six
+    cameras in their file order make two rows of three."""
     import cv2
 
-    frame = result.camera
+    if len(panels) == 1:
+        return panels[0]
+    cols = min(columns, len(panels))
+    scaled = []
+    for p in panels:
+        h = int(round(p.shape[0] * panel_width / p.shape[1]))
+        scaled.append(cv2.resize(p, (panel_width, h), interpolation=cv2.INTER_AREA))
+    ph = max(p.shape[0] for p in scaled)
+    rows = -(-len(scaled) // cols)
+    out = np.zeros((rows * ph, cols * panel_width, 3), np.uint8)
+    for k, p in enumerate(scaled):
+        r, c = divmod(k, cols)
+        out[r * ph:r * ph + p.shape[0], c * panel_width:(c + 1) * panel_width] = p
+    return out
+
+
+NUSCENES_PANEL_ORDER = ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT")
+
+
+def draw_overlay(result: FrameResult, camera: Any, taxonomy: Any, *, masks_label: str,
+                 mask_alpha: float = 0.35, rig: Any = None, note: str | None = None) -> np.ndarray:
+    """One overlay frame of a FrameResult. ``camera``: the rig's CameraSensor or None. A camera
+    set (several cameras, ``rig`` given) becomes a mosaic of one panel per camera
+    (``mosaic``; nuScenes cameras in the devkit's layout), the banner over it;
+    ``note`` is a line under the banner (the synthetic-only models note)."""
+    frames = result.frame.cameras
+    if result.frame.rig is not None:                 # per-frame calibration (KITTI object)
+        rig = result.frame.rig
+        camera = rig.camera(frames[0].camera_id) if frames[0].camera_id in rig.camera_names else camera
+    if len(frames) > 1 and rig is not None:
+        order = {n: k for k, n in enumerate(NUSCENES_PANEL_ORDER)}
+        panels = []
+        for f in sorted(frames, key=lambda f: order.get(f.camera_id, len(order))):
+            cam = rig.camera(f.camera_id) if f.camera_id in rig.camera_names else None
+            p = _draw_camera(result, f, cam, taxonomy, mask_alpha)
+            _text(p, f.camera_id, (6, p.shape[0] - 10), scale=0.9)
+            panels.append(p)
+        img = mosaic(panels)
+    else:
+        img = _draw_camera(result, frames[0], camera, taxonomy, mask_alpha)
+    _text(img, f"frame {result.index}  masks: {masks_label}", (6, 16))
+    y = 34
+    if result.lidar_missing:
+        _text(img, "LiDAR missing: camera only", (6, y), color=(0, 0, 255))
+        y += 18
+    if note:
+        _text(img, f"NOTE: {note}", (6, y), color=(0, 215, 255), scale=0.4)
+    return img
+
+
+def _draw_camera(result: FrameResult, frame: Any, camera: Any, taxonomy: Any, mask_alpha: float) -> np.ndarray:
+    import cv2
+
     img = frame.image
     sem = result.masks.semantic.get(frame.camera_id)
     if sem is not None and mask_alpha > 0:
         img = cv2.addWeighted(img, 1.0 - mask_alpha, taxonomy.color_lut()[sem.class_ids], mask_alpha, 0.0)
     if result.fusion is not None and camera is not None:
-        img = draw_fusion(img, result.fusion, camera, taxonomy)
-    else:
-        img = img.copy()
-    _text(img, f"frame {result.index}  masks: {masks_label}", (6, 16))
-    if result.lidar_missing:
-        _text(img, "LiDAR missing: camera only", (6, 34), color=(0, 0, 255))
-    return img
+        return draw_fusion(img, result.fusion, camera, taxonomy)
+    return img.copy()
 
 
 class OverlayVideo:
     def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, fps: float,
-                 masks_label: str, mask_alpha: float = 0.35, name: str = "overlay", every_n_frames: int = 1) -> None:
+                 masks_label: str, mask_alpha: float = 0.35, name: str = "overlay", every_n_frames: int = 1,
+                 note: str | None = None) -> None:
         self.video_path = Path(out_dir) / f"{name}.mp4"
         self.first_path = Path(out_dir) / f"{name}_first.png"
         self.camera = rig.camera(camera_id) if rig is not None and camera_id in rig.camera_names else None
+        self.rig = rig
+        self.note = note
+        self._size: tuple[int, int] | None = None
         self.taxonomy = taxonomy
         self.fps = float(fps)
         self.masks_label = masks_label
@@ -139,8 +193,12 @@ class OverlayVideo:
         if (self._seen - 1) % self.every_n_frames:
             self.skipped += 1
             return
-        img = draw_overlay(result, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha)
+        img = draw_overlay(result, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha,
+                           rig=self.rig, note=self.note)
+        if self._size is not None and img.shape[:2] != self._size:
+            img = cv2.resize(img, (self._size[1], self._size[0]))        # frames of other sizes (KITTI object)
         if self._video is None:
+            self._size = img.shape[:2]
             self._video = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                           (img.shape[1], img.shape[0]))
             cv2.imwrite(str(self.first_path), img)

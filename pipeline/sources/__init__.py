@@ -49,6 +49,9 @@ class InputConfig:
     fps: float | None = setting(None, unit="frames/s", above=0, doc="image folders: the rate of their synthetic "
                                 "stamps (null: 10)")
     loop: bool = setting(False, doc="video files and image folders: start again at the end")
+    cloud_fields: str | None = setting(None, doc="layout of raw float32 .bin clouds, e.g. x,y,z,intensity,ring "
+                                       "(null: a <file>.fields sidecar, else nuScenes for .pcd.bin and calib.json's "
+                                       "num_pts_feats, else KITTI x,y,z,intensity; pipeline/cloud_io.py)")
 
 
 @dataclass
@@ -63,7 +66,8 @@ class OpenedSources:
             s.close()
 
 
-def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False) -> OpenedSources:
+def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False,
+                 want_box_masks: bool = False) -> OpenedSources:
     """Open what ``inp`` (an InputConfig) names. Refuses at start, with an error naming
     the file and field: a missing input, an unknown URI, bad calibration, a camera that is
     not in the rig, a Zenoh LiDAR whose session cannot open. Whatever was opened is closed
@@ -85,6 +89,10 @@ def open_sources(inp, *, config_path: str = "<config>", want_truth: bool = False
         from pipeline.sources.drive import DriveSource
 
         src = DriveSource(uri, rig=rig)
+    elif uri.kind in ("kitti-object", "nuscenes"):
+        from pipeline.sources.dataset import DatasetSource
+
+        src = DatasetSource(uri, rig=rig, box_masks=want_box_masks, cloud_fields=inp.cloud_fields)
     elif uri.kind == "zenoh":
         raise ConfigError("a zenoh:// URI is a live LiDAR: put it in input.lidar, and a camera in input.uri",
                           path=config_path, field="input.uri")

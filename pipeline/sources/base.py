@@ -24,16 +24,30 @@ LOGGED_SKIPS = 5                              # per kind of input; the rest are 
 
 @dataclass
 class CameraInput:
+    """One camera image, or a synchronised camera set (nuScenes' six cameras of one keyframe):
+    ``frame`` is the first camera, ``more`` the others of the same instant. A set that the
+    dataset already paired with its sweep carries that sweep's stamp in ``set_stamp_ns``, so the
+    sync pairs the whole set with it; each frame keeps its own exposure stamp for fusion."""
+
     frame: CameraFrame
     seq: int                                  # index of this image in its source
     semantic_truth: np.ndarray | None = None  # (H, W) uint8 class ids, drives with ground truth
     instance_truth: np.ndarray | None = None  # (H, W) uint16 instance ids, 0 = none
+    more: list[CameraFrame] = field(default_factory=list)   # the other cameras of a synchronised set
+    more_truth: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = field(default_factory=dict)  # cam: (sem, inst)
+    set_stamp_ns: int | None = None           # the stamp the sync pairs by (a set paired by the dataset) ...
+    set_lidar_id: str | None = None           # ... the stamp of this LiDAR's sweep (shifted by its offset)
+    rig: Any = None                           # this frame's own calibration (KITTI object: per frame), else None
     paced: ClassVar[bool] = True              # replay paces by its stamp (pipeline.graph.SourceItem)
     starts_frame: ClassVar[bool] = True       # a camera image: the graph notes its receive time
 
     @property
     def stamp_ns(self) -> int:
-        return int(self.frame.stamp_ns)
+        return int(self.frame.stamp_ns if self.set_stamp_ns is None else self.set_stamp_ns)
+
+    @property
+    def frames(self) -> list[CameraFrame]:
+        return [self.frame, *self.more]
 
 
 @dataclass

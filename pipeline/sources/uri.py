@@ -4,7 +4,8 @@ Live cameras:   ``v4l2:///dev/video0``, ``csi://0`` (Jetson, GStreamer nvargusca
                 ``rtsp://host:port/path`` (low latency, reconnects)
 Recorded:       a plain path or ``file://PATH``: a rosbag2 folder, ``.mcap``, ``.db3``, a ROS 1
                 ``.bag``, a KITTI raw drive folder (also ``segfuse sim --format kitti-raw``),
-                a video file, or a folder of images
+                a KITTI object folder (image_2/, velodyne/, calib/), a nuScenes keyframe
+                folder (calib.json), a video file, or a folder of images
 Live LiDAR:     ``zenoh://KEY_EXPR`` (PointCloud2 CDR; ``?connect=tcp/HOST:PORT``, pipeline/sources/zenoh_lidar.py)
 
 Query parameters tune a source: ``csi://0?width=1920&height=1080&framerate=30&flip=0``,
@@ -22,7 +23,7 @@ from pipeline.errors import ConfigError, InputDataError
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".h264", ".h265")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 LIVE_KINDS = ("v4l2", "csi", "rtsp", "zenoh")
-RECORDED_KINDS = ("rosbag2", "ros1", "kitti-raw", "video", "images")
+RECORDED_KINDS = ("rosbag2", "ros1", "kitti-raw", "kitti-object", "nuscenes", "video", "images")
 PARTIAL_MARK = ".partial-"
 
 
@@ -95,7 +96,12 @@ def _classify_path(path: Path, raw: str, field_name: str, params: dict[str, str]
         return SourceURI(raw, "rosbag2", loc, params)
     if (path / "image_02").is_dir() or (path / "velodyne_points").is_dir():
         return SourceURI(raw, "kitti-raw", loc, params)
+    if (path / "calib.json").is_file():
+        return SourceURI(raw, "nuscenes", loc, params)
+    if all((path / d).is_dir() for d in ("image_2", "velodyne", "calib")):
+        return SourceURI(raw, "kitti-object", loc, params)
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file()):
         return SourceURI(raw, "images", loc, params)
     raise InputDataError("folder is not a drive (rosbag2: metadata.yaml or .mcap; KITTI raw: image_02/ or "
-                         "velodyne_points/) and holds no images", path=path, field=field_name)
+                         "velodyne_points/; KITTI object: image_2/ velodyne/ calib/; nuScenes: calib.json) and "
+                         "holds no images", path=path, field=field_name)

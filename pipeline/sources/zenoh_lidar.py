@@ -67,6 +67,7 @@ class ZenohLidarSource(Source):
         self.rig = rig
         lidars = list(getattr(rig, "lidars", None) or [])
         self.lidar_id = p.get("lidar_id") or (lidars[0].name if len(lidars) == 1 else "lidar")
+        self._forced_lidar = bool(p.get("lidar_id"))
         self.camera_id = None
         self.received = 0
         self._queue: deque[tuple[str, bytes, int]] = deque()
@@ -143,7 +144,21 @@ class ZenohLidarSource(Source):
             raise
         except Exception as exc:       # a cloud whose fields and data do not fit together
             raise InputDataError(f"unreadable PointCloud2: {exc}", field=key) from exc
-        return LidarSweep(self.lidar_id, _stamp_ns(msg.header), pts, t_off)
+        return LidarSweep(self.lidar_for_frame(str(msg.header.frame_id), key), _stamp_ns(msg.header), pts, t_off)
+
+    def lidar_for_frame(self, frame_id: str, key: str = "") -> str:
+        """The rig LiDAR a cloud stamped in ``header.frame_id`` belongs to (ROS: the cloud's points
+        are in that frame): the LiDAR whose frame id or name it is. ``?lidar_id=`` forces one; an
+        empty frame id, or no rig, takes the default. A frame the rig has no LiDAR for is refused
+        (fusing it with another sensor's extrinsic would be silently wrong)."""
+        if self._forced_lidar or not frame_id or self.rig is None:
+            return self.lidar_id
+        for lid in self.rig.lidars:
+            if frame_id in (lid.frame_id, lid.name):
+                return lid.name
+        raise InputDataError(f"header.frame_id {frame_id!r} is no LiDAR of the rig (frames: "
+                             f"{', '.join(lid.frame_id for lid in self.rig.lidars)}); set ?lidar_id= to force one",
+                             field=key or "header.frame_id")
 
     def stop(self) -> None:
         super().stop()

@@ -1,0 +1,1 @@
+"""Real dataset folders (KITTI object, nuScenes) and their labelled boxes as ground truth."""
