@@ -150,6 +150,24 @@ def _image_folder(path: Path, n: int = 5) -> Path:
     return path
 
 
+def _nuscenes_folder(path: Path) -> Path:
+    """A minimal nuScenes keyframe folder: one 160x90 camera, a LIDAR_TOP .pcd.bin of 12 points x
+    5 float32 (240 bytes: also a whole number of 4-float records, so the layout decides)."""
+    import cv2
+
+    if not path.exists():
+        path.mkdir(parents=True)
+        cv2.imwrite(str(path / "s__CAM_FRONT__1.jpg"), np.zeros((90, 160, 3), np.uint8))
+        np.arange(60, dtype="<f4").tofile(path / "s__LIDAR_TOP__1.pcd.bin")
+        eye = np.eye(4).tolist()
+        cam = {"img_path": "s__CAM_FRONT__1.jpg", "cam2img": [[100, 0, 80], [0, 100, 45], [0, 0, 1]],
+               "lidar2cam": eye, "cam2ego": eye, "timestamp": 1.0}
+        (path / "calib.json").write_text(json.dumps({"lidar_path": "s__LIDAR_TOP__1.pcd.bin", "lidar_timestamp": 1.0,
+                                                     "num_pts_feats": 5, "lidar2ego": eye, "cameras": {"CAM_FRONT": cam},
+                                                     "instances": []}))
+    return path
+
+
 def graph_probe(settings, ctx):
     """The graph on a 10-image folder with one slow stage (30 ms): frames done, dropped, capacity,
     and whether replay took at least the recorded duration (0.9 s at 10 frames/s)."""
@@ -184,9 +202,11 @@ def input_probe(settings, ctx):
     opened = open_sources(inp, want_truth=True)
     try:
         src = opened.sources[0]
-        stamps = tuple(getattr(i, "stamp_ns", None) for i in itertools.islice(iter(src), 7))
+        items = list(itertools.islice(iter(src), 7))
+        stamps = tuple(getattr(i, "stamp_ns", None) for i in items)
+        points = tuple(i.sweep.points.shape[0] for i in items if hasattr(i, "sweep"))
         return (src.info.kind, src.info.name, opened.camera_id, len(opened.sources),
-                tuple(opened.rig.camera_names) if opened.rig else None, stamps)
+                tuple(opened.rig.camera_names) if opened.rig else None, stamps, points)
     finally:
         opened.close()
 
@@ -408,6 +428,7 @@ EFFECTS = {
                                                                                        "examples" / "rig_example.yaml")}}, I),
     "input.fps": (5.0, {"input": {"uri": "IMAGES"}}, I),
     "input.loop": (True, {"input": {"uri": "IMAGES"}}, I),
+    "input.cloud_fields": ("x,y,z,intensity", {"input": {"uri": "NUSCENES"}}, I),
     "run.policy": ("live", {}, G),
     "run.rate": (1.0, {}, G),
     "run.frames": (2, {}, G),
@@ -511,12 +532,14 @@ def ctx(drive, frame, model_outputs, tmp_path_factory):
     zjson = tmp / "zenoh.json5"
     zjson.write_text('{ "scouting": { "gossip": { "enabled": false } } }')
     return {"drive": drive, "frame": frame, "model_outputs": model_outputs, "tmp": tmp, "zenoh_json5": str(zjson),
-            "images": str(_image_folder(tmp / "input-images"))}
+            "images": str(_image_folder(tmp / "input-images")), "nuscenes": str(_nuscenes_folder(tmp / "nuscenes"))}
 
 
 def _resolve(value, ctx):
     if value == "IMAGES":
         return ctx["images"]
+    if value == "NUSCENES":
+        return ctx["nuscenes"]
     if value == "ZENOH_JSON5":
         return ctx["zenoh_json5"]
     if isinstance(value, dict):

@@ -25,11 +25,11 @@ def nuscenes(shared_data: Path) -> Path:
     return p
 
 
-def _run(config: str, uri: Path, out: Path, **overrides):
+def _run(config: str, uri: Path, out: Path, frames: int | None = None, **overrides):
     from pipeline.run_config import load_run_config
     from pipeline.runner import render_summary, run_pipeline
 
-    cfg = load_run_config(REPO / "configs" / config).with_overrides(input=str(uri), out=str(out))
+    cfg = load_run_config(REPO / "configs" / config).with_overrides(input=str(uri), out=str(out), frames=frames)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     s = run_pipeline(cfg, progress=False)
