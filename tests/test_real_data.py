@@ -249,3 +249,14 @@ def test_committed_models_on_real_data_say_so(kitti_object: Path, tmp_path: Path
     from pipeline.runner import render_summary
 
     assert sum("segfuse engines export" in line for line in render_summary(s).splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_nuscenes_six_cameras_through_the_models(nuscenes: Path, tmp_path: Path):
+    """masks: engines on the six-camera set: each camera through each (batch-1) model, every camera
+    fused; with kitti.yaml's 50 ms LiDAR offset the dataset-paired set still pairs."""
+    s = _run("kitti.yaml", nuscenes, tmp_path / "run")
+    assert s["frames"]["done"] == 1 and s["sync"]["paired"] == 1 and not sum(s["frames"]["failed"].values())
+    by = s["points_by_camera"]
+    assert len(by) == 6 and all(v["labelled"] > 500 for v in by.values()), by
+    assert s["note"] is not None
