@@ -1,6 +1,7 @@
 """Export, ONNX Runtime, quantisation, factory and check, on small random-weight models.
 
-Each model is built and exported once per session (fixtures below). The models are random
+Each model is built and exported once per test run (shared with the runtime, profiling and
+TensorRT tests: ``deeplab_onnx`` / ``maskrcnn_onnx`` in tests/conftest.py). The models are random
 but not degenerate (engines.models.random_model), so disagreements would show.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from engines import contracts as C
 from engines.agreement import DeepLabAccumulator, MaskRCNNAccumulator
 from engines.frames import procedural_frames
-from engines.models import default_spec, random_model
+from engines.models import random_model
 from pipeline.errors import ConfigError, EngineError, InputDataError
 from pipeline.preprocess import preprocess_frames
 
@@ -23,31 +24,21 @@ MASKRCNN_HW = (192, 256)
 
 
 @pytest.fixture(scope="session")
-def frames():
-    return procedural_frames(12, (375, 1242), seed=3)
+def frames(model_frames):
+    return model_frames
 
 
 @pytest.fixture(scope="session")
-def deeplab(tmp_path_factory, frames):
-    spec = default_spec("deeplabv3_mobilenet_v3_large", input_hw=DEEPLAB_HW)
-    model = random_model(spec, seed=1)
-    from engines.export import export_onnx
-
-    path = tmp_path_factory.mktemp("deeplab") / "deeplab.onnx"
-    report = export_onnx(spec, path, model=model, verify_frames=frames[:3])
-    return spec, model, path, report
+def deeplab(deeplab_onnx):
+    """(spec, model, path, report) of the session's shared DeepLab (tests/conftest.py)."""
+    assert deeplab_onnx.spec.input_hw == DEEPLAB_HW
+    return deeplab_onnx.spec, deeplab_onnx.model, deeplab_onnx.path, deeplab_onnx.report
 
 
 @pytest.fixture(scope="session")
-def maskrcnn(tmp_path_factory, frames):
-    spec = default_spec("maskrcnn_mobilenet_v3_large_fpn", input_hw=MASKRCNN_HW, num_detections=16,
-                        rpn_pre_nms_top_n=150, rpn_post_nms_top_n=80, box_candidates=300)
-    model = random_model(spec, seed=2)
-    from engines.export import export_onnx
-
-    path = tmp_path_factory.mktemp("maskrcnn") / "maskrcnn.onnx"
-    report = export_onnx(spec, path, model=model, verify_frames=frames[:3])
-    return spec, model, path, report
+def maskrcnn(maskrcnn_onnx):
+    assert maskrcnn_onnx.spec.input_hw == MASKRCNN_HW
+    return maskrcnn_onnx.spec, maskrcnn_onnx.model, maskrcnn_onnx.path, maskrcnn_onnx.report
 
 
 @pytest.fixture(scope="session")

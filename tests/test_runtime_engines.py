@@ -1,8 +1,6 @@
 """The ``masks: engines`` path: DeepLab and Mask R-CNN (small random-weight models exported with
-engines' own export code) on ONNX Runtime, run concurrently on two threads inside the graph.
-
-Exporting takes a while on a small CPU, so the two ONNX files are kept in pytest's cache
-(keyed by the export settings and the torch version) and rebuilt only when those change."""
+engines' own export code, shared by the whole test run: tests/conftest.py) on ONNX Runtime, run
+concurrently on two threads inside the graph."""
 from __future__ import annotations
 
 import json
@@ -14,38 +12,12 @@ import yaml
 from pipeline.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-DEEPLAB = dict(arch="deeplabv3_mobilenet_v3_large", input_hw=(96, 288))
-MASKRCNN = dict(arch="maskrcnn_mobilenet_v3_large_fpn", input_hw=(128, 384), num_detections=16,
-                rpn_pre_nms_top_n=150, rpn_post_nms_top_n=80, box_candidates=200)
-
-
-def _export(cache_dir: Path, settings: dict, seed: int) -> Path:
-    import hashlib
-
-    import torch
-
-    from engines.export import export_onnx
-    from engines.frames import procedural_frames
-    from engines.models import default_spec, random_model
-
-    key = hashlib.sha256(json.dumps([settings, seed, torch.__version__], sort_keys=True).encode()).hexdigest()[:12]
-    path = cache_dir / f"{settings['arch']}-{key}.onnx"
-    if path.is_file():
-        return path
-    s = dict(settings)
-    spec = default_spec(s.pop("arch"), **s)
-    model = random_model(spec, seed=seed, frames=procedural_frames(2, (96, 288), seed=seed))
-    export_onnx(spec, path.with_suffix(".tmp.onnx"), model=model, verify_frames=[])
-    path.with_suffix(".tmp.onnx").rename(path)
-    return path
 
 
 @pytest.fixture(scope="session")
-def models(request, tmp_path_factory) -> tuple[Path, Path]:
-    # pytest's cache keeps the exports between runs when the cache plugin is on
-    cache_plugin = getattr(request.config, "cache", None)
-    cache = Path(cache_plugin.mkdir("segfuse_runtime_models")) if cache_plugin else tmp_path_factory.mktemp("models")
-    return _export(cache, DEEPLAB, 1), _export(cache, MASKRCNN, 2)
+def models(deeplab_onnx, maskrcnn_onnx) -> tuple[Path, Path]:
+    """The session's shared random-weight DeepLab and Mask R-CNN (tests/conftest.py)."""
+    return deeplab_onnx.path, maskrcnn_onnx.path
 
 
 @pytest.fixture(scope="session")
