@@ -112,7 +112,7 @@ def test_rosbag_round_trip_other_compressions(tmp_path, compression):
         for frame in frames:
             writer.write(frame)
     with open_drive(tmp_path / "d") as drive:
-        for a, b in zip(frames, drive.frames()):
+        for a, b in zip(frames, drive.frames(), strict=True):     # strict: every frame comes back
             assert_frames_equal(a, b, 1e-12)
 
 

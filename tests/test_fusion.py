@@ -18,7 +18,7 @@ from pipeline.fusion.label import CameraView, InstanceMap, fuse
 from pipeline.fusion.lanes import lane_y
 from pipeline.sim.generate import Simulator
 from pipeline.sim.render import CameraSpec, Renderer
-from pipeline.types import FLAG_OCCLUDED, FLAG_OUTSIDE, NO_INSTANCE, LidarSweep
+from pipeline.types import FLAG_EDGE, FLAG_OCCLUDED, FLAG_OUTSIDE, NO_INSTANCE, LidarSweep
 
 TAX = load_taxonomy()
 
@@ -185,14 +185,38 @@ def test_two_cameras_share_the_cloud_by_the_border_rule(sim, rig, frames):
     assert (result.cloud.class_id[labelled] == f.point_class[labelled]).mean() > 0.985
 
 
-def test_edge_options_run_and_flag(sim, rig, frames):
+def test_edge_options_withhold_and_flag_edge_points(sim, rig, frames):
     f = frames[0].frame
-    for mode in ("erode", "depth_gate"):
-        r = fuse_frame(f.lidar, [gt_masks(rig, f)], rig, FusionConfig(edge_mode=mode), TAX, poses(f))
-        labelled_things = (r.cloud.instance_id != NO_INSTANCE).sum()
-        assert labelled_things > 1000
-    eroded = InstanceMap.from_id_image(f.instance, f.semantic).eroded(2)
-    assert (eroded.ids > 0).sum() < (f.instance > 0).sum()
+    tight = gt_masks(rig, f)
+    base = fuse_frame(f.lidar, [tight], rig, FusionConfig(edge_mode="none"), TAX, poses(f))
+    n_things = int((base.cloud.instance_id != NO_INSTANCE).sum())
+    assert n_things > 1000 and not np.any(base.cloud.flags & FLAG_EDGE)
+
+    # erode: ids within erode_px of a mask edge are withdrawn, so fewer points get an instance
+    eroded = fuse_frame(f.lidar, [tight], rig, FusionConfig(edge_mode="erode", erode_px=2), TAX, poses(f))
+    n_eroded = int((eroded.cloud.instance_id != NO_INSTANCE).sum())
+    assert 0.5 * n_things < n_eroded < n_things
+    assert not np.any(eroded.cloud.flags & FLAG_EDGE)
+
+    # depth_gate on a loose mask (each instance dilated 6 px, as a model's masks bleed): background
+    # seen past the edge joins the instance; the gate withholds it and flags it FLAG_EDGE
+    loose_ids = cv2.dilate(f.instance.astype(np.uint16), np.ones((13, 13), np.uint8))
+    loose_ids = np.where(f.instance > 0, f.instance, loose_ids).astype(np.uint16)
+    tight_map = InstanceMap.from_id_image(f.instance, f.semantic)
+    loose = CameraMasks(tight.camera, tight.stamp_ns, f.semantic,
+                        InstanceMap(loose_ids, tight_map.class_of, tight_map.score_of))
+
+    def wrong_instance(c):
+        got = c.instance_id != NO_INSTANCE
+        return int((got & (c.instance_id % 65536 != f.point_instance.astype(np.int64))).sum())
+
+    ungated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="none"), TAX, poses(f)).cloud
+    gated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="depth_gate"), TAX, poses(f)).cloud
+    flagged = (gated.flags & FLAG_EDGE) != 0
+    assert flagged.sum() > 50
+    assert np.all(gated.instance_id[flagged] == NO_INSTANCE) and np.all(gated.class_id[flagged] == TAX.ignore_id)
+    assert wrong_instance(gated) < 0.6 * wrong_instance(ungated)
+    assert not np.any(ungated.flags & FLAG_EDGE)
 
 
 def test_config_is_validated():

@@ -279,7 +279,9 @@ def test_workers_render_the_same_drive(tmp_path, start_method):
     simulate(tmp_path / "w2", frames=4, seed=8, scale=SMALL, progress=False, workers=2, start_method=start_method)
     ref = _direct(8, 4)
     with open_drive(tmp_path / "w2") as drive:
-        for i, frame in enumerate(drive.frames()):
+        got = list(drive.frames())
+        assert len(got) == 4
+        for i, frame in enumerate(got):
             _assert_same(frame, ref.render(i).frame)
 
 
