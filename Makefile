@@ -1,6 +1,7 @@
 # segfuse: two commands on a fresh machine.
 #   make demo   set up .venv, generate the bundled demo drive, run the main job on it
-#   make test   set up .venv, run every test
+#   make test   set up .venv, run every test (slow ones too: the wheel install, model floors, exports)
+#   make test-fast  the tests people run often: everything not marked @pytest.mark.slow
 #   make bench  set up .venv, run the benchmarks (ratios printed side by side)
 #   make gpu-check  the GPU self-check (segfuse engines selftest); without a GPU it says so and exits 0
 #   make gpu-setup  add the [gpu] extra (onnxruntime-gpu in place of the CPU onnxruntime)
@@ -13,7 +14,7 @@ DEMO_DRIVE := data/demo_drive
 DEMO_FRAMES ?= 30
 DEMO_SEED ?= 7
 
-.PHONY: setup demo test bench sysdeps clean gpu-check gpu-setup
+.PHONY: setup demo test test-fast bench sysdeps clean gpu-check gpu-setup
 
 setup: $(STAMP)
 
@@ -30,8 +31,8 @@ sysdeps:
 	  fi; \
 	fi
 
-# Re-runs only when pyproject.toml changes (or .venv is new): fast when already installed.
-$(STAMP): pyproject.toml | sysdeps
+# Re-runs only when pyproject.toml or setup.py changes (or .venv is new): fast when already installed.
+$(STAMP): pyproject.toml setup.py | sysdeps
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
 	@echo "segfuse: installing dependencies into $(VENV) (first time: torch is ~5 GB, a few minutes)"
@@ -45,6 +46,9 @@ demo: setup
 
 test: setup
 	@$(PY) -m pytest -q
+
+test-fast: setup
+	@$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	@$(PY) -m benchmarks

@@ -26,8 +26,22 @@ import numpy as np
 from pipeline.errors import ConfigError, SegfuseError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs"
-TAXONOMY_PATH = CONFIG_DIR / "classes.yaml"
+
+
+def data_path(relative: str | Path) -> Path:
+    """Where a file segfuse ships lives. ``relative`` is written from the repository root
+    (``configs/classes.yaml``, ``models/NAME.onnx``): in a checkout or an editable install, the
+    repository's own file; in an installed package, the copy shipped as package data
+    (``pipeline/_configs``, ``pipeline/_models``: setup.py maps them onto ``configs/``, ``models/``)."""
+    rel = Path(relative)
+    if rel.is_absolute():
+        return rel
+    shipped = Path(__file__).resolve().parent / f"_{rel.parts[0]}"
+    return shipped.joinpath(*rel.parts[1:]) if shipped.is_dir() else REPO_ROOT / rel
+
+
+CONFIG_DIR = data_path("configs")
+TAXONOMY_PATH = data_path("configs/classes.yaml")
 
 
 def load_yaml(path: str | Path, *, error: type[SegfuseError] = ConfigError) -> dict[str, Any]:

@@ -18,11 +18,11 @@ import json
 import logging
 from pathlib import Path
 
-from pipeline.config import CONFIG_DIR
+from pipeline.config import data_path
 
 log = logging.getLogger(__name__)
 
-DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+DEMO_CONFIG = data_path("configs/demo.yaml")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +53,7 @@ def run_demo(drive_path: Path, out: Path, *, frames: int = 30, seed: int = 7,
     if not drive_path.exists():
         log.info("demo drive %s absent: generating %d frames (seed %d)", drive_path, frames, seed)
         print(simulate(drive_path, frames=frames, seed=seed, fmt="rosbag2").render())
-    cfg = load_run_config(DEMO_CONFIG).with_overrides(input=str(drive_path), out=str(out))
+    cfg = _with_shipped_models(load_run_config(DEMO_CONFIG).with_overrides(input=str(drive_path), out=str(out)))
     summary = run_pipeline(cfg, progress=progress)
     metrics = None
     if summary["recording"] and summary["frames"]["fused_clouds"]:
@@ -61,6 +61,18 @@ def run_demo(drive_path: Path, out: Path, *, frames: int = 30, seed: int = 7,
         (out / "eval.json").write_text(json.dumps(metrics, indent=1))
     (out / "latency.txt").write_text(latency_text(summary) + "\n")
     return summary, metrics
+
+
+def _with_shipped_models(cfg):
+    """The demo config names the committed models from the repository root (``models/...``);
+    resolve them to the shipped files, so ``segfuse demo`` works from any folder, checkout or not."""
+    from dataclasses import replace
+
+    for kind in ("deeplab", "maskrcnn"):
+        engine = getattr(cfg.engines, kind)
+        if engine is not None and not Path(engine.model).is_absolute():
+            cfg.engines = replace(cfg.engines, **{kind: replace(engine, model=data_path(engine.model))})
+    return cfg
 
 
 def latency_text(s: dict) -> str:

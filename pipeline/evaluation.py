@@ -23,6 +23,9 @@ Real datasets (``--truth`` a KITTI object folder or a nuScenes keyframe folder) 
 boxes only: the truth of a point is the box it lies in (``pipeline.datasets.boxes``), so the
 class accuracy counts only points inside labelled boxes, and instance recall is over the points
 inside the labelled boxes that lie in a camera's view.
+
+Model metrics (DeepLab IoU, Mask R-CNN mask AP against the drive's ground-truth images) are
+``engines.evaluation`` (``segfuse eval --drive DRIVE`` without ``--truth``).
 """
 from __future__ import annotations
 

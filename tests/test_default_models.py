@@ -76,6 +76,7 @@ def test_demo_config_uses_the_committed_models():
     assert (REPO / demo["engines"]["maskrcnn"]["model"]).resolve() == MASKRCNN.resolve()
 
 
+@pytest.mark.slow
 def test_models_stay_above_the_floor_on_a_fresh_drive(fresh_drive, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)                    # the demo config's model paths are relative to the repo root
     out_json = tmp_path / "eval.json"
@@ -91,6 +92,7 @@ def test_models_stay_above_the_floor_on_a_fresh_drive(fresh_drive, tmp_path, cap
     assert r["gt_instances"] > 0 and r["ap50"] >= MIN_AP50, r
 
 
+@pytest.mark.slow
 def test_pipeline_with_the_models_fuses_points_above_the_floor(fresh_drive, tmp_path):
     """segfuse run with the default models (the demo config), then segfuse eval on the recording."""
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())

@@ -230,6 +230,7 @@ def test_end_to_end_pipeline_functions(maskrcnn, deeplab, frames):
 
 # --- quantisation ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_quantize_gives_a_qdq_onnx_that_runs(deeplab, deeplab_int8, frames):
     from engines.onnxruntime_backend import OnnxRuntimeEngine
 
@@ -279,6 +280,7 @@ def test_keep_patterns_leave_matching_convolutions_unquantized(deeplab):
         higher_precision_nodes(model, "deeplab", keep_patterns=["(unclosed"])
 
 
+@pytest.mark.slow
 def test_quantize_maskrcnn_runs_on_cpu(maskrcnn, tmp_path, frames):
     from engines.onnxruntime_backend import OnnxRuntimeEngine
     from engines.quantize import quantize_int8
@@ -341,6 +343,7 @@ def test_autocast_fp16_runs_and_agrees_within_fp16_tolerance(deeplab, tmp_path, 
 
 # --- check ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_check_cli_passes_for_same_model_and_judges_int8_with_int8_tolerance(deeplab, deeplab_int8, tmp_path,
                                                                                capsys):
     import json
@@ -361,6 +364,7 @@ def test_check_cli_passes_for_same_model_and_judges_int8_with_int8_tolerance(dee
     assert 0.0 <= data["metrics"]["miou"] <= 1.0
 
 
+@pytest.mark.slow
 def test_check_fails_when_models_disagree(maskrcnn, tmp_path, frames):
     """Two different Mask R-CNNs must not pass at FP32 tolerance."""
     from engines.check import compare_engines

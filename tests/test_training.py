@@ -149,6 +149,7 @@ def test_mask_ap_perfect_shifted_and_ignored(samples):
     assert strict.result()["ap50"] < 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["deeplab", "maskrcnn"])
 def test_train_checkpoint_resume_and_export(kind, small_drive, samples, tmp_path):
     from engines.contracts import read_onnx_io
