@@ -22,6 +22,7 @@ import contextlib
 from io import StringIO
 import logging
 import re
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -121,11 +122,13 @@ def higher_precision_nodes(model, kind: str | None, *, keep_first_conv: bool = T
 
 
 class FrameReader:
-    """An onnxruntime CalibrationDataReader over resized frames: one [1,3,H,W] batch at a time."""
+    """An onnxruntime CalibrationDataReader over resized frames: one [1,3,H,W] batch at a time.
+    ``on_read``: called once per batch handed out (a progress bar's ``update``)."""
 
-    def __init__(self, frames_hwc: Sequence[np.ndarray]):
+    def __init__(self, frames_hwc: Sequence[np.ndarray], on_read=None):
         self.frames = frames_hwc
         self.i = 0
+        self.on_read = on_read
 
     @staticmethod
     def _feed(image: np.ndarray) -> dict[str, np.ndarray]:
@@ -135,6 +138,8 @@ class FrameReader:
         if self.i >= len(self.frames):
             return None
         self.i += 1
+        if self.on_read is not None:
+            self.on_read()
         return self._feed(self.frames[self.i - 1])
 
     def get_first(self):            # Model Optimizer's test run, without advancing
@@ -174,6 +179,7 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, frames: Iterable[
                   calibration_eps: Sequence[str] = ("cpu",)) -> QuantizeReport:
     """Calibrate on ``frames`` (BGR uint8 camera images) and write a Q/DQ INT8 ONNX to ``out_path``."""
     import onnx
+    from tqdm import tqdm
 
     if method not in CALIBRATION_METHODS:
         raise EngineError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}",
@@ -203,10 +209,16 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, frames: Iterable[
         # Model Optimizer writes intermediate files beside its input: work on a private copy
         src = Path(tmp) / onnx_path.name
         src.write_bytes(onnx_path.read_bytes())
-        chatter = StringIO()       # onnxruntime's calibrator print()s progress lines
+        # onnxruntime's calibrator print()s progress lines and Model Optimizer draws a tqdm bar per
+        # calibration frame (and per tensor): both go to a buffer (logged at debug level); the one
+        # bar shown is ours, over the frames the calibrator reads
+        chatter = StringIO()
+        terminal = sys.stderr
         try:
-            with contextlib.redirect_stdout(chatter):
-                quantize(str(src), quantize_mode="int8", calibration_data_reader=FrameReader(resized),
+            with tqdm(total=len(resized), desc=f"calibrating ({method})", unit="frame", file=terminal,
+                      leave=False) as bar, \
+                    contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+                quantize(str(src), quantize_mode="int8", calibration_data_reader=FrameReader(resized, bar.update),
                          calibration_method=method, calibration_eps=list(calibration_eps),
                          op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=exclude or None,
                          high_precision_dtype=high_precision, output_path=str(out_path), log_level="WARNING")
