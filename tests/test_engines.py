@@ -281,13 +281,20 @@ def test_keep_patterns_leave_matching_convolutions_unquantized(deeplab):
 
 
 @pytest.mark.slow
-def test_quantize_maskrcnn_runs_on_cpu(maskrcnn, tmp_path, frames):
+def test_quantize_maskrcnn_runs_on_cpu(maskrcnn, tmp_path, frames, capsys):
+    import re
+
     from engines.onnxruntime_backend import OnnxRuntimeEngine
     from engines.quantize import quantize_int8
 
     _, _, path, _ = maskrcnn
     out = tmp_path / "mr.int8.onnx"
     report = quantize_int8(path, out, procedural_frames(10, (375, 1242), seed=50), min_frames=10, method="max")
+    # the terminal shows our bars only (Model Optimizer draws one per frame and per tensor)
+    bars = [b for b in re.split(r"[\r\n]+", capsys.readouterr().err) if "|" in b and "/" in b]
+    assert any(b.startswith("calibrating (max)") and "/10 " in b for b in bars), bars[-3:]
+    assert all(b.startswith(("calibration frames", "calibrating (max)")) for b in bars), \
+        [b for b in bars if not b.startswith("calibrat")][:3]
     assert report.qdq_nodes > 0 and any("mask head" in k for k in report.kept_high_precision)
     engine = OnnxRuntimeEngine(out)
     assert engine.precision == "int8" and engine.contract.num_detections == 16
