@@ -82,6 +82,7 @@ def test_installed_package_imports_from_the_venv_and_ships_its_data(installed, t
              "print(json.dumps({'pipeline': pipeline.__file__, 'engines': engines.__file__,\n"
              "  'calibration': calibration.__file__, 'taxonomy': str(TAXONOMY_PATH),\n"
              "  'classes': load_taxonomy().num_classes, 'demo': str(DEMO_CONFIG),\n"
+             "  'configs': sorted(p.name for p in data_path('configs').iterdir() if p.is_file()),\n"
              "  'engines_cfgs': sorted(p.name for p in data_path('configs/engines').glob('*.yaml')),\n"
              "  'models': sorted(p.name for p in data_path('models').iterdir()),\n"
              "  'msgs': len(msg_files())}))\n")
@@ -94,6 +95,7 @@ def test_installed_package_imports_from_the_venv_and_ships_its_data(installed, t
         assert path.is_relative_to(site), f"{key} comes from {path}, not the installed package"
         assert not path.is_relative_to(REPO)
     assert info["classes"] == 11
+    assert info["configs"] == sorted(p.name for p in (REPO / "configs").iterdir() if p.suffix in (".yaml", ".json"))
     assert info["engines_cfgs"] == sorted(p.name for p in (REPO / "configs" / "engines").glob("*.yaml"))
     assert info["models"] == sorted(p.name for p in (REPO / "models").iterdir() if p.suffix in (".onnx", ".md"))
     assert info["msgs"] == len(list((REPO / "pipeline" / "msgs").glob("*/msg/*.msg")))
