@@ -36,13 +36,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pipeline.config import data_path
 from pipeline.errors import EngineError, SegfuseError
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-COMMITTED_MODELS = (REPO / "models" / "deeplabv3plus_mobilenet_v3_small.onnx",
-                    REPO / "models" / "maskrcnn_mobilenet_v3_small_fpn.onnx")
+# the committed models, from the checkout or the installed package's data (pipeline.config.data_path)
+COMMITTED_MODELS = (data_path("models/deeplabv3plus_mobilenet_v3_small.onnx"),
+                    data_path("models/maskrcnn_mobilenet_v3_small_fpn.onnx"))
 SIM_SEED = 3302                     # a validation seed: not in training (1001-1040) nor the test drives (5001-5004)
 DEFAULT_FRAMES = 8
 INT8_CALIBRATION_FRAMES = 32        # a self-check calibration, not a deployment one (that uses >= 500)
