@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from pipeline.config import data_path      # models/ in a checkout, the shipped copy when installed
+
 COMMITTED_MODELS = ("deeplabv3plus_mobilenet_v3_small.onnx", "maskrcnn_mobilenet_v3_small_fpn.onnx")
 SYNTHETIC_ONLY_NOTE = ("the committed default models know only the synthetic world (segfuse sim): on real cameras "
                        "expect little; export your own checkpoint with 'segfuse engines export' (docs/engines.md)")
@@ -30,7 +31,7 @@ def uses_committed_models(cfg: Any) -> bool:
         return False
     for e in (cfg.engines.deeplab, cfg.engines.maskrcnn):
         model = Path(e.model).resolve() if e is not None else None
-        if model is not None and model.parent == REPO / "models" and model.name in COMMITTED_MODELS:
+        if model is not None and model.parent == data_path("models") and model.name in COMMITTED_MODELS:
             return True
     return False
 
