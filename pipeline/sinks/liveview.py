@@ -135,6 +135,7 @@ class LiveView(RosMessages):
         self._rgb_unlabeled_grey[255] = 128
         self._lut_bgr = np.ascontiguousarray(self._colors_rgb()[:, ::-1]).reshape(256, 1, 3)
         self._by_id = {c.id(): t for t, c in [*self.channels.items(), *self.extras.items()]}
+        self._id_of = {t: i for i, t in self._by_id.items()}
         self._counter = _BacklogCounter()
         lossy = logging.getLogger(LOSSY_LOGGER)
         if not lossy.isEnabledFor(logging.INFO):     # the SDK only reports overflows at INFO: keep them coming
@@ -175,17 +176,21 @@ class LiveView(RosMessages):
         return self._counter.count
 
     # -- foxglove ServerListener -------------------------------------------------------------
+    # No foxglove-sdk call is made while holding _sub_lock: the SDK calls these listeners holding a
+    # lock of its own, so an SDK call under ours (a channel's id(), say) deadlocks against them.
     def on_subscribe(self, client: Any, channel: Any) -> None:
+        cid, kid = channel.id, client.id
         with self._sub_lock:
-            self._subs.setdefault(channel.id, set()).add(client.id)
-        topic = self._by_id.get(channel.id)
+            self._subs.setdefault(cid, set()).add(kid)
+        topic = self._by_id.get(cid)
         latched = self._latched.get(topic)
         if latched is not None:              # "latched": the newcomer gets it (everyone else again)
             self.channels[topic].log(latched[0], log_time=latched[1])
 
     def on_unsubscribe(self, client: Any, channel: Any) -> None:
+        cid, kid = channel.id, client.id
         with self._sub_lock:
-            self._subs.get(channel.id, set()).discard(client.id)
+            self._subs.get(cid, set()).discard(kid)
 
     def wait_for_clients(self, timeout_s: float) -> bool:
         """Wait (bounded) until every channel has a subscribed client; True when they all do."""
@@ -199,9 +204,9 @@ class LiveView(RosMessages):
         return False
 
     def _watched(self, topic: str) -> bool:
-        ch = self.channels.get(topic) or self.extras.get(topic)
+        cid = self._id_of[topic]
         with self._sub_lock:
-            return bool(self._subs.get(ch.id()))
+            return bool(self._subs.get(cid))
 
     # -- the pipeline's side (on the graph's lossy-sink thread) --------------------------------
     def write(self, result: FrameResult) -> None:
