@@ -81,7 +81,9 @@ def test_ground_truth_masks_label_points_exactly(sim, rig, frames):
     on, off = np.array(on), np.array(off)
     acc, wrong_hidden, precision, recall = on[:, :4].mean(axis=0)
     assert acc >= 0.995, acc
-    assert precision >= 0.99 and recall >= 0.99, (precision, recall)
+    # instance refinement (on by default) withdraws the ids of a thing's points within 5 cm of the
+    # ground (tyres) and of far things' stray pieces outside their box: ~1 % of recall
+    assert precision >= 0.99 and recall >= 0.98, (precision, recall)
     # the depth test off: visible points are labelled as well, hidden ones take the occluder's label
     assert off[:, 0].mean() >= 0.995
     assert on[:, 4].sum() > 100                          # there are hidden points to get wrong
