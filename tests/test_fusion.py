@@ -212,8 +212,11 @@ def test_edge_options_withhold_and_flag_edge_points(sim, rig, frames):
         got = c.instance_id != NO_INSTANCE
         return int((got & (c.instance_id % 65536 != f.point_instance.astype(np.int64))).sum())
 
-    ungated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="none"), TAX, poses(f)).cloud
-    gated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="depth_gate"), TAX, poses(f)).cloud
+    # the gate alone (instance refinement, on by default, also removes most of that background)
+    ungated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="none", instance_refinement=False), TAX,
+                         poses(f)).cloud
+    gated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="depth_gate", instance_refinement=False), TAX,
+                       poses(f)).cloud
     flagged = (gated.flags & FLAG_EDGE) != 0
     assert flagged.sum() > 50
     assert np.all(gated.instance_id[flagged] == NO_INSTANCE) and np.all(gated.class_id[flagged] == TAX.ignore_id)
