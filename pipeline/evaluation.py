@@ -10,6 +10,8 @@ points in the input's order). Metrics:
   instances by point IoU (Hungarian, IoU >= 0.5); precision = points whose run instance is
   matched to their true instance / points with a run instance; recall = the same / points of
   a true instance inside the camera image;
+- **tracking and boxes**: pipeline.track_eval (CLEAR-MOT, IDF1, velocity error; amodal and
+  visible-points box errors and BEV IoU);
 - **object centroids**: run objects (``/segfuse/objects``, base frame at the camera time; the
   hypothesis pose is the centroid of the object's points) matched one-to-one to the true boxes
   by the distance from the centroid to the box, 0 inside (Hungarian, <= ``MAX_MATCH_M``, same
@@ -52,11 +54,13 @@ def read_recording(path: str | Path) -> dict[str, Any]:
     "status": [dict], "run_info": dict} from a segfuse run recording."""
     from pipeline.drive.rosbag import cloud_fields, open_bag
     from pipeline.sinks.recorder import TOPIC_OBJECTS, TOPIC_POINTS, TOPIC_RUN_INFO, TOPIC_STATUS
+    from pipeline.sinks.track_msgs import TOPIC_OBJECTS_VISIBLE, TOPIC_TRACKS, read_tracks_message
 
     path = Path(path)
     if not path.exists():
         raise InputDataError("recording not found", path=path)
-    out: dict[str, Any] = {"clouds": {}, "objects": {}, "status": [], "run_info": {}}
+    out: dict[str, Any] = {"clouds": {}, "objects": {}, "objects_visible": {}, "tracks": {}, "status": [],
+                           "run_info": {}}
     try:
         with closing(open_bag(path)) as reader:
             topics = {c.topic for c in reader.connections}
@@ -64,22 +68,27 @@ def read_recording(path: str | Path) -> dict[str, Any]:
                 raise InputDataError(f"holds no {TOPIC_POINTS}: not a segfuse run recording (run 'segfuse run' on the "
                                      "drive first; for model metrics on a drive, leave out --truth)", path=path)
             conns = [c for c in reader.connections if c.topic in (TOPIC_POINTS, TOPIC_OBJECTS, TOPIC_STATUS,
-                                                                 TOPIC_RUN_INFO)]
+                                                                 TOPIC_RUN_INFO, TOPIC_OBJECTS_VISIBLE, TOPIC_TRACKS)]
             for conn, _, raw in reader.messages(connections=conns):
                 msg = reader.deserialize(raw, conn.msgtype)
                 if conn.topic == TOPIC_POINTS:
                     stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
                     out["clouds"][stamp] = np.array(cloud_fields(msg, path, conn.topic))
-                elif conn.topic == TOPIC_OBJECTS:
+                elif conn.topic in (TOPIC_OBJECTS, TOPIC_OBJECTS_VISIBLE):
                     stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
                     objs = []
                     for d in msg.detections:
                         c, s = d.bbox.center.position, d.bbox.size
+                        q = d.bbox.center.orientation
                         hyp = d.results[0].hypothesis if d.results else None
                         m = d.results[0].pose.pose.position if d.results else c
                         objs.append((d.id, hyp.class_id if hyp else "", float(hyp.score) if hyp else 0.0,
-                                     np.array([c.x, c.y, c.z]), np.array([s.x, s.y, s.z]), np.array([m.x, m.y, m.z])))
-                    out["objects"][stamp] = objs
+                                     np.array([c.x, c.y, c.z]), np.array([s.x, s.y, s.z]), np.array([m.x, m.y, m.z]),
+                                     2.0 * float(np.arctan2(q.z, q.w))))
+                    out["objects" if conn.topic == TOPIC_OBJECTS else "objects_visible"][stamp] = objs
+                elif conn.topic == TOPIC_TRACKS:
+                    stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+                    out["tracks"][stamp] = read_tracks_message(msg)
                 elif conn.topic == TOPIC_STATUS:               # segfuse_msgs/FrameStatus
                     out["status"].append({k: getattr(msg, k) for k in (
                         "frame", "camera_seq", "camera_stamp_ns", "lidar_stamp_ns", "lidar_missing", "fused",
@@ -144,6 +153,8 @@ def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, An
     obj_err_bev, obj_err_3d, obj_err_centre = [], [], []
     obj_pred = obj_true_visible = obj_matched = 0
     frames = missing = 0
+    track_frames: list[dict[str, Any]] = []     # for pipeline.track_eval
+    box_pairs: list[tuple[Any, Any, Any, int]] = []
     with _open_truth(truth) as drive:
         for f in drive.frames(on_error="skip"):
             cloud = rec["clouds"].get(int(f.lidar.stamp_ns))
@@ -175,9 +186,15 @@ def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, An
             inst_true += int(((true_inst > 0) & view).sum())
             # objects
             objs = rec["objects"].get(int(f.camera.stamp_ns), [])
-            visible = {int(i) for i, c in zip(*np.unique(true_inst[view & (true_inst > 0)], return_counts=True))
-                       if c >= MIN_VISIBLE_POINTS}
+            counts = dict(zip(*(a.tolist() for a in np.unique(true_inst[view & (true_inst > 0)], return_counts=True))))
+            visible = {int(i) for i, c in counts.items() if c >= MIN_VISIBLE_POINTS}
             boxes = [b for b in f.boxes if int(b.instance_id) in visible]
+            cam_ns = int(f.camera.stamp_ns)
+            ps = getattr(f, "pose_stamps_ns", None)
+            pose = f.T_world_from_base[int(np.argmin(np.abs(ps - cam_ns)))] if ps is not None and len(ps) else None
+            track_frames.append({"stamp_ns": cam_ns, "boxes": list(f.boxes), "visible": visible,
+                                 "T_world_from_base": pose})
+            vis_objs = {o[0]: o for o in rec["objects_visible"].get(cam_ns, [])}
             obj_pred += len(objs)
             obj_true_visible += len(boxes)
             if objs and boxes:
@@ -193,11 +210,20 @@ def evaluate_recording(recording: str | Path, truth: str | Path) -> dict[str, An
                         obj_err_3d.append(float(cost[r, c]))
                         obj_err_bev.append(float(np.linalg.norm(objs[r][3][:2] - boxes[c].center[:2])))
                         obj_err_centre.append(float(np.linalg.norm(objs[r][5] - boxes[c].center)))
+                        o, vo = objs[r], vis_objs.get(objs[r][0])
+                        box_pairs.append((boxes[c], (o[3], o[4], o[6]), None if vo is None else (vo[3], vo[4], vo[6]),
+                                          int(counts.get(int(boxes[c].instance_id), 0))))
     if not frames:
         raise InputDataError("no frame of the recording matches a LiDAR sweep of the drive (a recording of "
                              "another drive?)", path=Path(recording))
     camera_only = sum(1 for s in rec["status"] if s.get("lidar_missing"))
-    return {
+    from pipeline.track_eval import box_metrics, tracking_metrics
+
+    names = tuple(tax.names)
+    extra = {"boxes": box_metrics(box_pairs, names)}
+    if rec["tracks"]:
+        extra["tracking"] = tracking_metrics(track_frames, rec["tracks"], names)
+    return {**extra,
         "recording": str(recording), "truth": str(truth),
         "masks": rec["run_info"].get("masks_label", rec["run_info"].get("masks", "?")),
         "oracle": bool(rec["run_info"].get("oracle", False)),
@@ -267,6 +293,9 @@ def render_table(m: dict[str, Any]) -> str:
     ]
     lines = ["", f"segfuse eval: {m['recording']} against {m['truth']}", f"  masks: {m['masks']}"]
     lines += [f"  {k:<25}{v}" for k, v in rows]
+    from pipeline.track_eval import render_tracking
+
+    lines += render_tracking(m)
     if m["oracle"]:
         lines.append("  NOTE: the run used oracle masks (ground truth or labelled boxes): these numbers measure fusion, "
                      "not models")

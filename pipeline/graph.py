@@ -93,7 +93,9 @@ class Stage:
     """A plain function ``fn(*values of takes) -> value of gives`` (``gives=None``: a sink, which
     returns nothing). ``takes`` names the types it reads from the frame, in argument order;
     ``optional``: the stage may give nothing for a frame (None), and later stages that take
-    its type must then be optional readers (only the FrameResult reads optional values)."""
+    its type must then be optional readers: the FrameResult, or an optional stage (it is
+    called with None for a value the frame does not have, e.g. the tracking stage on a
+    camera-only frame)."""
 
     name: str
     fn: Callable[..., Any]
@@ -542,7 +544,7 @@ class Graph:
                 continue
             t0 = time.monotonic_ns()
             try:
-                out = stage.fn(*[env.values[t] for t in stage.takes])
+                out = stage.fn(*[env.values[t] if not stage.optional else env.values.get(t) for t in stage.takes])
             except (InputDataError, EngineError) as exc:
                 env.failure = (trace_name, str(exc))
                 log.warning("frame %s dropped at %s: %s", env.index, trace_name, exc)
@@ -607,6 +609,7 @@ class _SourceEnd:
 def _check_wiring(stages: Sequence[Stage | Parallel], sinks: Sequence[Stage]) -> None:
     """Every type a stage takes is made upstream (the sync makes SyncedFrame; sinks take FrameResult)."""
     made: set[type] = {SyncedFrame}
+    maybe: set[type] = set()                  # given by optional stages: only optional stages may take them
     names: set[str] = set()
     for st in [*stages, *sinks]:
         if st.name in names:
@@ -614,7 +617,7 @@ def _check_wiring(stages: Sequence[Stage | Parallel], sinks: Sequence[Stage]) ->
         names.add(st.name)
     for st in stages:
         for s in (st.branches if isinstance(st, Parallel) else [st]):
-            missing = [t.__name__ for t in s.takes if t not in made]
+            missing = [t.__name__ for t in s.takes if t not in made and not (s.optional and t in maybe)]
             if missing:
                 raise ValueError(f"stage {s.name!r} takes {', '.join(missing)}, which no stage before it gives")
         if isinstance(st, Parallel):
@@ -624,6 +627,8 @@ def _check_wiring(stages: Sequence[Stage | Parallel], sinks: Sequence[Stage]) ->
                 made.add(st.gives)
         elif st.gives is not None and not st.optional:
             made.add(st.gives)
+        elif st.gives is not None:
+            maybe.add(st.gives)
     made.add(FrameResult)
     for s in sinks:
         if s.gives is not None or any(t is not FrameResult for t in s.takes):

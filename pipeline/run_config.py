@@ -10,6 +10,7 @@ them (``python -m pipeline.config_docs``).
 | ``sync`` | SyncConfig | pipeline/sync.py |
 | ``engines`` | EnginesConfig (+ engines.factory.EngineConfig per model) | pipeline/stages.py |
 | ``fusion`` | FusionConfig | pipeline/fusion/config.py |
+| ``tracking`` | TrackerConfig | pipeline/tracking.py |
 | ``sinks.recorder`` / ``overlay`` / ``publisher`` / ``liveview`` | RecorderConfig / OverlayConfig / PublisherConfig / LiveViewConfig | pipeline/sinks/ |
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pipeline.sinks.recorder import RecorderConfig
 from pipeline.sources import InputConfig
 from pipeline.stages import EnginesConfig
 from pipeline.sync import SyncConfig
+from pipeline.tracking import TrackerConfig
 
 MASK_PROVIDERS = ("engines", "ground_truth", "label_boxes")
 
@@ -54,6 +56,7 @@ class RunConfig:
                          "ORACLE too)")
     engines: EnginesConfig = setting(factory=EnginesConfig, doc="the models (masks: engines)")
     fusion: FusionConfig = setting(factory=FusionConfig, doc="fusion of masks and LiDAR")
+    tracking: TrackerConfig = setting(factory=TrackerConfig, doc="the tracking stage after fusion")
     sinks: SinksConfig = setting(factory=SinksConfig, doc="outputs")
     out: str = setting("out/run", doc="the output folder (--out)")
     path: str = "<config>"                  # the file it came from (not a key)

@@ -9,6 +9,8 @@ Stages (pipeline/stages.py; typed values, the graph runs each on a thread):
   ground-truth masks instead (an ORACLE for testing fusion and the runtime, labelled so in
   every summary and recording);
 - ``Fuse`` (SyncedFrame, Masks -> FusionResult): ego motion, labels, objects, lanes;
+- ``TrackingStage`` (SyncedFrame, FusionResult -> FusionResult with tracks; pipeline/tracking.py,
+  ``tracking.enabled``): the stateful tracker, frames in order;
 - sinks (each takes the frozen FrameResult): the recorder, the overlay video, the publisher.
 
 Refused at start, with one clear line: a missing model file, bad calibration, an input that
@@ -122,6 +124,11 @@ def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, 
         label = ORACLE_LABEL if cfg.masks == "ground_truth" else LABEL_BOXES_NOTE
     fuse = Fuse(opened.rig, cfg.fusion, taxonomy)
     stages.append(Stage("fuse", fuse, (SyncedFrame, Masks), FusionResult, optional=True))
+    if cfg.tracking.enabled:
+        from pipeline.tracking import TrackingStage
+
+        stages.append(Stage("track", TrackingStage(cfg.tracking, tuple(taxonomy.names)), (SyncedFrame, FusionResult),
+                            FusionResult, optional=True))
     warm = [lambda: fuse.warm_up(opened.camera_id, opened.lidar_id)]
     for kind, e in engines.items():
         if kind not in given:

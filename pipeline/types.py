@@ -135,6 +135,8 @@ class ModelOutputs:
 FLAG_OUTSIDE = np.uint8(1)     # outside every camera's image (or behind it)
 FLAG_OCCLUDED = np.uint8(2)    # in an image but hidden from the camera by a nearer surface
 FLAG_EDGE = np.uint8(4)        # on a depth edge: label withheld by the edge gate
+FLAG_NOT_IN_OBJECT = np.uint8(8)   # instance id withdrawn: the point lies outside its instance's chosen 3D
+                                   # cluster, or its class is not the instance's (instance refinement)
 
 
 @dataclass
@@ -153,12 +155,43 @@ class Object3D:
     instance_id: int
     class_id: int
     score: float
-    centroid: np.ndarray                   # (3,) metres, base frame
-    box_center: np.ndarray                 # (3,) bird's-eye-view box centre (z: middle of points)
-    box_size: np.ndarray                   # (3,) length, width, height
-    yaw: float                             # radians, about +z of the base frame
+    centroid: np.ndarray                   # (3,) metres, base frame: centroid of the visible points
+    box_center: np.ndarray                 # (3,) the amodal box's centre (L-shape fit + class size prior,
+                                           #      pipeline.fusion.shape; z: middle of the points)
+    box_size: np.ndarray                   # (3,) length, width, height of the amodal box
+    yaw: float                             # radians, about +z of the base frame (length axis, mod pi)
     range_m: float
     num_points: int
+    visible_center: np.ndarray | None = None   # (3,) the box of the visible points at the same yaw
+    visible_size: np.ndarray | None = None     # (3,)
+
+
+@dataclass
+class Track:
+    """A tracked object (pipeline.tracking): state in the tracking frame (``frame_id``: world when
+    the input has ego poses, else base_link at each frame's time: see docs/architecture.md)."""
+
+    track_id: int                          # stable over the track's life, never reused in a run
+    class_id: int
+    score: float
+    frame_id: str                          # "world" | "base_link"
+    center: np.ndarray                     # (3,) filtered box centre, tracking frame
+    velocity: np.ndarray                   # (2,) m/s in the tracking frame's x, y
+    velocity_cov: np.ndarray               # (2, 2) (m/s)^2
+    position_cov: np.ndarray               # (2, 2) m^2
+    size: np.ndarray                       # (3,) length, width, height (smoothed)
+    yaw: float                             # radians in the tracking frame
+    age_s: float                           # since the first detection
+    hits: int                              # frames with a detection
+    misses: int                            # consecutive frames without one (coasting when > 0)
+    last_seen_ns: int                      # stamp of the last detection
+    instance_id: int                       # the fused object's instance id of the last detection (-1: none)
+    center_base: np.ndarray | None = None  # (3,) the centre in the base frame of the current frame
+    trail_base: np.ndarray | None = None   # (K, 3) the last centres, base frame of the current frame
+
+    @property
+    def speed_mps(self) -> float:
+        return float(np.hypot(self.velocity[0], self.velocity[1]))
 
 
 @dataclass
@@ -180,6 +213,7 @@ class FusionResult:
     points_base: np.ndarray          # (N, 3) base frame, at the first camera's time when compensated
     ego_motion_applied: bool
     max_motion_m: float              # largest shift ego-motion compensation applied to a point
+    tracks: list[Track] = field(default_factory=list)   # the tracking stage's (pipeline.tracking); [] before it
 
 
 @dataclass(frozen=True)

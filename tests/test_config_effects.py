@@ -112,6 +112,36 @@ def fusion_probe(settings, ctx):
             tuple(tuple(np.round(ln.coeffs, 4)) for ln in res.lanes), res.ego_motion_applied)
 
 
+def tracking_probe(settings, ctx):
+    """The tracker on a scripted scene (the ego at 10 m/s): a car driving away along -x, one parked
+    (occluded for frames 8-10), detections with varying sizes; every output track's id, centre,
+    velocity, yaw, size, misses and trail length."""
+    from pipeline.config import load_taxonomy
+    from pipeline.tracking import Tracker, TrackerConfig
+    from pipeline.types import Object3D
+
+    tax = load_taxonomy()
+    cfg = TrackerConfig.from_dict(settings.get("tracking", {}))
+    tr = Tracker(cfg, tuple(tax.names))
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(16):
+        t = 0.1 * k
+        T = np.eye(4)
+        T[0, 3] = 10.0 * t
+        objs = []
+        for iid, (x, y) in ((1, (40.0 - 6.0 * t, 3.5)), (2, (25.0, -4.0))):
+            if iid == 2 and 8 <= k <= 10:
+                continue
+            c = np.array([x - T[0, 3], y, 0.8]) + np.r_[rng.normal(0, 0.1, 2), 0.0]
+            size = np.array([4.4 + 0.3 * (k % 3), 1.8, 1.5])
+            objs.append(Object3D(iid, tax.id("car"), 0.9, c, c, size, 0.0, 30.0, 100))
+        for trk in tr.update(objs, k * 100 * MS, T):
+            out.append((k, trk.track_id, *np.round(trk.center[:2], 3), *np.round(trk.velocity, 3), round(trk.yaw, 3),
+                        *np.round(trk.size, 3), trk.misses, len(trk.trail_base)))
+    return tuple(out)
+
+
 def sync_probe(settings, ctx):
     """Synthetic stamps: sweeps stamped 0, 100, 200 ms, cameras at 0, 105, 200 ms, poses every 10 ms.
     Replay: every frame decided by the data. Live: the third sweep never comes, the third camera
@@ -475,6 +505,14 @@ for _k in ("min_depth_m", "occlusion", "splat_half_px", "occlusion_tol_m", "occl
                                 "ego_motion": False, "object_cluster_eps_m": 0.05, "object_min_points": 400,
                                 "ground_ransac_dist_m": 0.001, "lane_min_points": 400, "lane_max_range_m": 8.0}[_k],
                                {}, F)
+EFFECTS["fusion.instance_refinement"] = (False, {}, F)
+EFFECTS["fusion.instance_ground_clearance_m"] = (0.5, {}, F)
+EFFECTS["fusion.instance_box_margin_m"] = (3.0, {"fusion": {"object_cluster_eps_m": 0.2}}, F)
+EFFECTS["tracking.enabled"] = (False, {}, R)
+for _k, _v in (("gate_m", 0.05), ("min_hits", 4), ("max_misses", 1), ("output_misses", 0), ("output_tentative", True),
+               ("accel_std_mps2", 20.0), ("measurement_std_m", 3.0), ("init_velocity_std_mps", 0.5),
+               ("size_smoothing", 1.0), ("heading_min_speed_mps", 100.0), ("trail_length", 2)):
+    EFFECTS[f"tracking.{_k}"] = (_v, {}, tracking_probe)
 EFFECTS["fusion.erode_px"] = (8, {"fusion": {"edge_mode": "erode"}}, F)
 EFFECTS["fusion.depth_gate_gap_m"] = (0.1, {"fusion": {"edge_mode": "depth_gate"}}, F)
 EFFECTS["fusion.multi_camera"] = ("score", {}, "MULTI")

@@ -81,7 +81,9 @@ def test_ground_truth_masks_label_points_exactly(sim, rig, frames):
     on, off = np.array(on), np.array(off)
     acc, wrong_hidden, precision, recall = on[:, :4].mean(axis=0)
     assert acc >= 0.995, acc
-    assert precision >= 0.99 and recall >= 0.99, (precision, recall)
+    # instance refinement (on by default) withdraws the ids of a thing's points within 5 cm of the
+    # ground (tyres) and of far things' stray pieces outside their box: ~1 % of recall
+    assert precision >= 0.99 and recall >= 0.98, (precision, recall)
     # the depth test off: visible points are labelled as well, hidden ones take the occluder's label
     assert off[:, 0].mean() >= 0.995
     assert on[:, 4].sum() > 100                          # there are hidden points to get wrong
@@ -210,8 +212,11 @@ def test_edge_options_withhold_and_flag_edge_points(sim, rig, frames):
         got = c.instance_id != NO_INSTANCE
         return int((got & (c.instance_id % 65536 != f.point_instance.astype(np.int64))).sum())
 
-    ungated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="none"), TAX, poses(f)).cloud
-    gated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="depth_gate"), TAX, poses(f)).cloud
+    # the gate alone (instance refinement, on by default, also removes most of that background)
+    ungated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="none", instance_refinement=False), TAX,
+                         poses(f)).cloud
+    gated = fuse_frame(f.lidar, [loose], rig, FusionConfig(edge_mode="depth_gate", instance_refinement=False), TAX,
+                       poses(f)).cloud
     flagged = (gated.flags & FLAG_EDGE) != 0
     assert flagged.sum() > 50
     assert np.all(gated.instance_id[flagged] == NO_INSTANCE) and np.all(gated.class_id[flagged] == TAX.ignore_id)

@@ -228,6 +228,6 @@ def test_nvtx_ranges_per_stage(drive, tmp_path, monkeypatch):
     r = run_profile(cfg, tmp_path / "nvtx", interval_s=0.1, progress=False, trace_cost=False)
     assert r.profile["nvtx"].startswith("on")
     pushed = [m for op, m in calls[calls_before:] if op == "push"]
-    assert sorted(set(pushed)) == ["fuse", "masks", "record"]
+    assert sorted(set(pushed)) == ["fuse", "masks", "record", "track"]
     assert pushed.count("fuse") == 2
     assert sum(op == "pop" for op, _ in calls) == sum(op == "push" for op, _ in calls)

@@ -43,6 +43,13 @@ class FusionConfig:
     object_cluster_eps_m: float = setting(0.7, unit="m", above=0, doc="3D objects: voxel centroids nearer than "
                                           "this are one cluster")
     object_min_points: int = setting(5, min=1, doc="3D objects: fewer labelled points make no object")
+    instance_refinement: bool = setting(True, doc="an instance's points outside its object's 3D cluster and box, or "
+                                        "on the ground, lose the instance id (FLAG_NOT_IN_OBJECT; "
+                                        "pipeline/fusion/objects.py)")
+    instance_ground_clearance_m: float = setting(0.05, unit="m", min=0, doc="instance refinement: an instance's "
+                                                 "points nearer the RANSAC ground plane lose the id (0: off)")
+    instance_box_margin_m: float = setting(0.3, unit="m", min=0, doc="instance refinement: an instance's points "
+                                           "inside its object's box grown by this keep the id")
     ground_ransac_dist_m: float = setting(0.12, unit="m", above=0, doc="lanes: inlier distance of the ground "
                                           "plane fit")
     lane_min_points: int = setting(12, min=2, doc="lanes: fewest lane-marking points of one line")

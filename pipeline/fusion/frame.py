@@ -10,7 +10,7 @@ from pipeline.fusion.config import FusionConfig
 from pipeline.fusion.kernels import ego_project
 from pipeline.fusion.label import CameraView, InstanceMap, fuse
 from pipeline.fusion.lanes import extract_lanes
-from pipeline.fusion.objects import extract_objects
+from pipeline.fusion.objects import extract_objects, ground_plane
 from pipeline.types import FusionResult, LidarSweep, Poses  # FusionResult re-exported: its home is types
 
 
@@ -72,7 +72,24 @@ def fuse_frame(sweep: LidarSweep, masks: list[CameraMasks], rig, cfg: FusionConf
         points_base = ref[:, :3] @ T[:3, :3].T.astype(np.float32) + T[:3, 3].astype(np.float32)
         max_motion = float(np.sqrt(np.max(np.sum((moved[0][:, :3] - points[:, :3]) ** 2, axis=1)))) if moved else 0.0
     compensated = bool(moved) or (fast and bool(masks))
-    objects = extract_objects(cloud, points_base, cfg)
     lane_id, road_id = taxonomy.id("lane_marking"), taxonomy.id("road")
-    lanes = extract_lanes(points_base, cloud.class_id == lane_id, cloud.class_id == road_id, cfg)
+    is_lane, is_road = cloud.class_id == lane_id, cloud.class_id == road_id
+    plane = None
+    if cfg.instance_refinement:
+        plane = ground_plane(points_base[is_road | is_lane], cfg.ground_ransac_dist_m)
+    objects = extract_objects(cloud, points_base, cfg, ground_plane=plane, class_names=tuple(taxonomy.names),
+                              views=[v for v in (_field_of_view(rig.camera(m.camera)) for m in masks) if v])
+    lanes = extract_lanes(points_base, is_lane, is_road, cfg)
     return FusionResult(cloud, objects, lanes, points_base, compensated, max_motion)
+
+
+def _field_of_view(cam) -> tuple[np.ndarray, float, float] | None:
+    """(origin xy, optical-axis yaw, half horizontal field of view) of a camera in the base frame;
+    None for a model without a pinhole matrix (the box fit then ignores image edges)."""
+    K = getattr(cam.model, "K", None)
+    if K is None:
+        return None
+    T = np.asarray(cam.T_base_from_cam, np.float64)
+    fwd = T[:3, :3] @ np.array([0.0, 0.0, 1.0])
+    half = float(np.arctan2(cam.model.width / 2.0, float(np.asarray(K)[0, 0])))
+    return T[:2, 3].copy(), float(np.arctan2(fwd[1], fwd[0])), half

@@ -238,6 +238,7 @@ class RosMessages:
         if res is not None and v.sweep is not None:
             put(TOPIC_POINTS, v.sweep.stamp_ns, lambda: self._cloud(v.sweep.stamp_ns, res.cloud))
             put(TOPIC_OBJECTS, cam_ns, lambda: self._objects(cam_ns, res.objects))
+            self._put_tracks(put, cam_ns, res, v.T_world_from_base is not None)
             put(TOPIC_LANES, cam_ns, lambda: self._lanes(cam_ns, res.lanes))
             put(TOPIC_LANE_LINES, cam_ns, lambda: self._lane_lines(cam_ns, res.lanes))
             put(TOPIC_MARKERS, cam_ns, lambda: self._markers(cam_ns, res))
@@ -261,6 +262,15 @@ class RosMessages:
                     f_ns, im.ids, "mono16", sensor.frame_id))
         put(TOPIC_STATUS, cam_ns, lambda: self._status(v, cam_ns, live=live))
         return out
+
+    def _put_tracks(self, put: Any, cam_ns: int, res: Any, has_poses: bool) -> None:
+        """The visible-points boxes and the tracks (pipeline.sinks.track_msgs)."""
+        from pipeline.sinks.track_msgs import TOPIC_OBJECTS_VISIBLE, TOPIC_TRACKS, tracks_message, visible_objects
+
+        put(TOPIC_OBJECTS_VISIBLE, cam_ns, lambda: self._objects(cam_ns, visible_objects(res.objects)))
+        frame = WORLD_FRAME if has_poses else BASE_FRAME
+        put(TOPIC_TRACKS, cam_ns, lambda: tracks_message(self._ts, self._header(cam_ns, frame), res.tracks,
+                                                         tuple(self.taxonomy.names)))
 
     # -- builders ----------------------------------------------------------------------------
     def _header(self, stamp_ns: int, frame_id: str) -> Any:

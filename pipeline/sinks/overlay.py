@@ -1,8 +1,9 @@
 """The one overlay module: drawing on camera frames (LiDAR points coloured by depth or class,
 masks, labels) and the overlay video sink: the camera frame with the semantic mask blended in,
-LiDAR points coloured by their fused class, objects labelled with class and range, and a banner
-(frame, mask provider, LiDAR missing). ``draw_overlay`` is a plain function; ``OverlayVideo``
-writes an MP4 (and the first frame as a PNG)."""
+LiDAR points coloured by their fused class, objects labelled with class and range, tracks with
+their id, speed and a short trail, and a banner (frame, mask provider, LiDAR missing).
+``draw_overlay`` is a plain function; ``OverlayVideo`` writes an MP4 (and the first frame as a
+PNG)."""
 from __future__ import annotations
 
 import logging
@@ -92,7 +93,33 @@ def draw_fusion(image: np.ndarray, result: Any, camera: Any, taxonomy: Any, *, p
         if p.count:
             u, v = p.pixels[0]
             _text(img, f"{taxonomy.names[o.class_id]} {o.range_m:.0f}m", (int(u) - 30, int(v) - 8))
+    draw_tracks(img, getattr(result, "tracks", []), camera)
     return img
+
+
+def draw_tracks(img: np.ndarray, tracks: list, camera: Any) -> None:
+    """In place: each track's trail (its last centres, base frame) and a label ``#id speed``."""
+    import cv2
+
+    from calibration.projection import project_lidar
+
+    T_cam_from_base = np.linalg.inv(camera.T_base_from_cam)
+    for t in tracks:
+        if t.trail_base is None or not len(t.trail_base):
+            continue
+        pts = np.asarray(t.trail_base, np.float32)
+        p = project_lidar(pts @ T_cam_from_base[:3, :3].T.astype(np.float32) + T_cam_from_base[:3, 3].astype(np.float32),
+                          np.eye(4), camera.model, min_depth_m=1.0)
+        if not p.count:
+            continue
+        uv = p.pixels.astype(np.int32)
+        color = (0, 255, 255) if t.misses == 0 else (0, 160, 255)          # coasting: orange
+        if len(uv) > 1:
+            cv2.polylines(img, [uv.reshape(-1, 1, 2)], False, color, 2, cv2.LINE_AA)
+        if p.index[-1] == len(pts) - 1:                                     # the current centre is in view
+            u, v = uv[-1]
+            cv2.circle(img, (int(u), int(v)), 3, color, -1, cv2.LINE_AA)
+            _text(img, f"#{t.track_id} {t.speed_mps:.1f} m/s", (int(u) - 30, int(v) + 16), color=color)
 
 
 MOSAIC_PANEL_WIDTH = 640            # px per panel of a camera-set overlay

@@ -76,9 +76,12 @@ TOPICS: tuple[TopicSpec, ...] = (
               "instance_id (i32, -1 none), score (f32)"),
     TopicSpec("/segfuse/objects", "vision_msgs/msg/Detection3DArray", BASE_FRAME, "stream", "camera",
               "fused frames", "3D objects: id = instance, class name + score, hypothesis pose = centroid "
-              "of the points, bbox = bird's-eye-view box"),
-    # /segfuse/tracks: tracked objects (issue 16) go here, one TopicSpec, built in
-    # RosMessages.frame_messages; every sink then carries them.
+              "of the points, bbox = the amodal box (L-shape fit + class size prior)"),
+    TopicSpec("/segfuse/objects_visible", "vision_msgs/msg/Detection3DArray", BASE_FRAME, "stream", "camera",
+              "fused frames", "the same objects with bbox = the box of their visible points (a baseline)"),
+    TopicSpec("/segfuse/tracks", "vision_msgs/msg/Detection3DArray", "world (base_link without poses)", "stream",
+              "camera", "fused frames", "tracks: id = track id, smoothed box, class + score with the position "
+              "covariance, velocity and its covariance, age, hits, misses, last seen (pipeline/sinks/track_msgs.py)"),
     TopicSpec("/segfuse/lanes", "segfuse_msgs/msg/LaneBoundaryArray", BASE_FRAME, "stream", "camera",
               "fused frames", "lane lines as polylines (each cubic sampled every metre)"),
     TopicSpec("/segfuse/lane_lines", "segfuse_msgs/msg/LaneLineArray", BASE_FRAME, "stream", "camera",
