@@ -414,6 +414,38 @@ def test_a_sigstopped_listener_does_not_hang_or_fail_the_run(drive, tmp_path):
     assert t_end - t_recorded < CLOSE_TIMEOUT_S + 4.0, f"{t_end - t_recorded:.1f} s from the recording's close to exit"
 
 
+# --- 7. a stop before the poses are complete: the frame is kept, not failed -----------------
+
+def test_a_frame_flushed_before_its_poses_is_fused_without_ego_motion(drive):
+    """What a graceful stop does to the last accepted frame: the source stops before the poses
+    covering its sweep arrived, the sync's flush hands it out. It used to carry the partial poses
+    and fail in fusion ("query time ... lies outside the poses"); now it is fused without ego-motion
+    compensation (``ego_motion: false``) and counted."""
+    from pipeline.config import load_taxonomy
+    from pipeline.fusion.config import FusionConfig
+    from pipeline.sources.base import PoseInput
+    from pipeline.sources.bag import BagSource
+    from pipeline.sources.uri import parse_uri
+    from pipeline.stages import Fuse
+    from pipeline.sync import SyncConfig, Synchronizer
+    from pipeline.types import Masks
+
+    with BagSource(parse_uri(str(drive))) as bag:
+        items = list(bag)
+        rig = bag.rig
+    last_cam = max(i for i, it in enumerate(items) if type(it).__name__ == "CameraInput")
+    kept = [it for i, it in enumerate(items) if i <= last_cam or not isinstance(it, PoseInput)]
+    sync = Synchronizer(SyncConfig(lidar_offset_ms=50), has_lidar=True, has_poses=True, live=False)
+    frames = [f for it in kept for f, _ in sync.push(it)]
+    frames += [f for f, _ in sync.flush()]
+    assert len(frames) == FRAMES
+    fuse = Fuse(rig, FusionConfig(), load_taxonomy())
+    results = [fuse(f, Masks(semantic={}, instances={}, instance_maps={})) for f in frames]
+    assert all(r is not None for r in results)
+    assert results[0].ego_motion_applied and not results[-1].ego_motion_applied
+    assert sync.stats.ego_motion_skipped >= 1
+
+
 # --- 8. smaller items -----------------------------------------------------------------------
 
 def test_non_finite_sync_tolerance_and_rate_are_refused(drive, tmp_path, caplog):
