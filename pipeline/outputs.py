@@ -286,4 +286,5 @@ def summary_fields(run: Any, fault: dict[str, Any] | None) -> dict[str, Any]:
         log.error("%s", fault["message"])
     return {"fault": fault,
             "overlay_frames": None if ov is None else ov.frames,
+            "overlay_segments": None if ov is None else ov.segments_written,
             "overlay_resized": None if ov is None else ov.resized}

@@ -191,6 +191,7 @@ class OverlayVideo:
         self.skipped = 0                  # frames not drawn (decimation)
         self._seen = 0
         self.resized = 0
+        self.segments_written = 0
 
     def write(self, result: FrameResult) -> None:
         import cv2
@@ -218,6 +219,7 @@ class OverlayVideo:
                 self._video = None
                 raise OSError(f"could not open the overlay segment {seg}")
             self._segments.append(seg)
+            self.segments_written += 1
             self._segment_n = 0
         self._video.write(img)
         self._segment_n += 1
