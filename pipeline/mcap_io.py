@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-LATCHED_TOPICS = ("/tf_static", "/segfuse/run_info", "/segfuse/drive_meta")
 
 
 # --- Writing --------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def recover(out: str | Path, *, name: str = "recording", overwrite: bool = False
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(partial)
         result["recording"] = {**rec.as_dict(), "bag": str(final),
-                               "frames": rec.topics.get("/segfuse/frame_status", 0)}
+                               "frames": rec.topics.get("/segfuse/status", rec.topics.get("/segfuse/frame_status", 0))}
         log.info("recovered %d messages (%d frames) of %s into %s", rec.messages,
                  result["recording"]["frames"], partial.name, final)
     if segs_dir.is_dir():

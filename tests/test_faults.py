@@ -25,7 +25,8 @@ from pipeline.cli import main
 REPO = Path(__file__).resolve().parents[1]
 SEGFUSE = [sys.executable, "-m", "pipeline.cli"]
 FRAMES = 6
-STATUS = "/segfuse/frame_status"
+STATUS = "/segfuse/status"                   # segfuse_msgs/FrameStatus, one per recorded frame
+STATUS_FIELDS = ("frame", "camera_seq", "camera_stamp_ns", "lidar_stamp_ns", "lidar_missing", "fused", "ego_motion")
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,12 @@ def statuses(msgs: dict[str, list[bytes]]) -> list[dict]:
     from pipeline.msgs import make_typestore
 
     ts = make_typestore()
-    return [json.loads(ts.deserialize_cdr(raw, "std_msgs/msg/String").data) for raw in msgs.get(STATUS, [])]
+    out = []
+    for raw in msgs.get(STATUS, []):
+        m = ts.deserialize_cdr(raw, "segfuse_msgs/msg/FrameStatus")
+        out.append({k: (bool(getattr(m, k)) if isinstance(getattr(m, k), (bool, np.bool_)) else int(getattr(m, k)))
+                    for k in STATUS_FIELDS})
+    return out
 
 
 def video_frames(path: Path) -> int:
