@@ -52,7 +52,7 @@ def _run(drive: Path, out: Path, masks: str, models: tuple[Path, Path] | None, f
     if models:
         data["engines"] = {"deeplab": {"model": str(models[0]), "threads": 1},
                            "maskrcnn": {"model": str(models[1]), "threads": 1}}
-    run = build_run(parse_run_config(data, "<bench>"))
+    run = build_run(parse_run_config(data, "<bench>"), overwrite=True)     # scratch outputs, replaced each time
     for warm in run.warm:
         warm()
     g = run.graph

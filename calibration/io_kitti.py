@@ -64,8 +64,8 @@ def load_kitti_object_calib(path: str | Path, image_size: tuple[int, int] | None
                                    f"is {found[0]}x{found[1]}", path=path, field="image_size")
         image_size = found
     if image_size is None:
-        raise CalibrationError("image size unknown: pass it (e.g. --image-size 1242x375) or keep "
-                               "image_2/<frame>.png beside calib/", path=path, field="image_size")
+        raise CalibrationError("image size unknown: keep image_2/<frame>.png beside calib/ (segfuse calib "
+                               "show/check take it as --image-size 1242x375)", path=path, field="image_size")
     width, height = validate.check_image_size(*image_size, path=path, field="image_size")
 
     T_base_from_cam = invert_T(T_cam_from_velo)

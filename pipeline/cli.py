@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "engines.train_cli",
     "pipeline.listen_cli",
     "pipeline.fleet.cli",
+    "pipeline.recover_cli",
 )
 
 

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     summary, metrics = run_demo(Path(args.drive), Path(args.out), frames=args.frames, seed=args.seed)
     print(render_demo(summary, metrics))
+    if summary.get("fault"):
+        from pipeline.outputs import EXIT_FAULT
+        return EXIT_FAULT
     return 130 if summary["stopped_by"] == "signal" else 0
 
 
@@ -54,7 +57,9 @@ def run_demo(drive_path: Path, out: Path, *, frames: int = 30, seed: int = 7,
         log.info("demo drive %s absent: generating %d frames (seed %d)", drive_path, frames, seed)
         print(simulate(drive_path, frames=frames, seed=seed, fmt="rosbag2").render())
     cfg = _with_shipped_models(load_run_config(DEMO_CONFIG).with_overrides(input=str(drive_path), out=str(out)))
-    summary = run_pipeline(cfg, progress=progress)
+    # the demo replaces its own previous outputs by design (make demo, again and again); each
+    # removed entry is named in a warning (pipeline.outputs.claim_out_dir)
+    summary = run_pipeline(cfg, progress=progress, overwrite=True)
     metrics = None
     if summary["recording"] and summary["frames"]["fused_clouds"]:
         metrics = evaluate_recording(summary["recording"], drive_path)

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="PATH",
                    help="record the samples to a new rosbag2 directory (MCAP storage); a PATH ending in "
                         ".mcap writes one bare MCAP file instead")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --record PATH")
     p.add_argument("--connect", action="append", default=[], help="Zenoh endpoint to connect to (repeatable)")
     p.add_argument("--listen", action="append", default=[], help="Zenoh endpoint to listen on (repeatable)")
     p.add_argument("--mode", default="peer", choices=["peer", "client"], help="Zenoh mode (default peer)")
@@ -96,6 +97,9 @@ class Rosbag2Sink:
         target.parent.mkdir(parents=True, exist_ok=True)
         self._w = Writer(target, version=8, storage_plugin=StoragePlugin.MCAP)
         self._w.open()
+        from pipeline.mcap_io import configure_chunks
+
+        configure_chunks(self._w, "none")          # each chunk's CRC-32
         self._ts = typestore
         self._conns: dict[str, object] = {}
 
@@ -122,8 +126,20 @@ def rosbags_qos(q):
                dur(q.deadline), dur(q.lifespan), QosLiveliness(q.liveliness), dur(q.liveliness_lease), False)
 
 
-def make_recorder(path: str, typestore):
-    """``path``.mcap: one bare MCAP file; anything else: a rosbag2 directory."""
+def make_recorder(path: str, typestore, *, overwrite: bool = False):
+    """``path``.mcap: one bare MCAP file; anything else: a rosbag2 directory. An existing ``path``
+    is refused unless ``overwrite`` (then removed, with a warning)."""
+    import shutil
+    from pathlib import Path
+
+    from pipeline.errors import ConfigError
+
+    target = Path(path)
+    if target.exists():
+        if not overwrite:
+            raise ConfigError("already exists: refusing to overwrite it (--overwrite)", path=path, field="--record")
+        log.warning("--overwrite: replacing %s", target)
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
     return McapSink(path, typestore) if str(path).endswith(".mcap") else Rosbag2Sink(path, typestore)
 
 
@@ -234,7 +250,7 @@ def listen(args: argparse.Namespace) -> int:
     graph = GraphView()
     sub = lv_sub = sink = None
     try:
-        sink = make_recorder(args.record, decoder.ts) if args.record else None
+        sink = make_recorder(args.record, decoder.ts, overwrite=args.overwrite) if args.record else None
         lv_sub = session.liveliness().declare_subscriber(liveliness_selector(args.domain_id), on_token, history=True)
         sub = declare_history_subscriber(session, f"{args.domain_id}/**", on_sample)
     except BaseException:

@@ -121,3 +121,63 @@ def postprocess_batch(kind: str, outputs: Mapping[str, np.ndarray], transforms: 
             raise EngineError(f"Mask R-CNN engines take one frame, got {len(transforms)}", field="inputs.images")
         return [instances_from_output(outputs, transforms[0], camera_ids[0], **kwargs)]
     raise EngineError(f"unknown model kind '{kind}'", field="kind")
+
+
+def check_model_outputs(kind: str, outputs: Mapping[str, np.ndarray], *, input_hw: tuple[int, int],
+                        num_classes: int, ignore_id: int = IGNORE_ID, model: str = "<model>") -> None:
+    """What a contract-valid model returned, checked before it is used: class ids within the
+    taxonomy (or the ignore id), boxes finite and inside the input image, scores finite in [0, 1],
+    one M x M mask per detection. Raises EngineError naming the model file and the output (the
+    frame fails, is counted, and the run goes on)."""
+    h, w = int(input_hw[0]), int(input_hw[1])
+
+    def fail(name: str, what: str) -> None:
+        raise EngineError(f"{kind} output '{name}' {what}", path=model, field=f"outputs.{name}")
+
+    def check_ids(name: str, ids: np.ndarray) -> None:
+        if not np.issubdtype(ids.dtype, np.integer):
+            fail(name, f"has dtype {ids.dtype}, expected integer class ids")
+        if ids.size:
+            bad = (ids < 0) | ((ids >= num_classes) & (ids != ignore_id))
+            if bad.any():
+                vals = np.unique(ids[bad])[:5]
+                fail(name, f"holds class ids outside the taxonomy (0..{num_classes - 1}, {ignore_id} ignore): "
+                           f"{', '.join(str(int(v)) for v in vals)} ({int(bad.sum())} values)")
+
+    if kind == "deeplab":
+        ids = np.asarray(outputs["class_ids"])
+        if ids.ndim != 3 or tuple(ids.shape[1:]) != (h, w):
+            fail("class_ids", f"has shape {list(ids.shape)}, expected [B, {h}, {w}]")
+        check_ids("class_ids", ids)
+        if "scores" in outputs:
+            sc = np.asarray(outputs["scores"])
+            if sc.shape != ids.shape:
+                fail("scores", f"has shape {list(sc.shape)}, expected {list(ids.shape)} (as class_ids)")
+        return
+    for name in ("boxes", "scores", "labels", "masks"):
+        if name not in outputs:
+            fail(name, "is missing")
+    boxes = np.asarray(outputs["boxes"])
+    scores = np.asarray(outputs["scores"]).reshape(-1)
+    labels = np.asarray(outputs["labels"]).reshape(-1)
+    masks = np.asarray(outputs["masks"])
+    k = scores.shape[0]
+    if boxes.shape != (k, 4):
+        fail("boxes", f"has shape {list(boxes.shape)}, expected [{k}, 4] (one box per score)")
+    if labels.shape[0] != k:
+        fail("labels", f"has {labels.shape[0]} rows, expected {k} (one per score)")
+    if masks.ndim != 3 or masks.shape[0] != k or masks.shape[1] != masks.shape[2]:
+        fail("masks", f"has shape {list(masks.shape)}, expected [{k}, M, M]")
+    if not np.isfinite(scores).all() or ((scores < 0) | (scores > 1)).any():
+        fail("scores", "holds values that are not finite or outside [0, 1]")
+    live = scores > 0                        # padding rows (score 0) may hold anything
+    check_ids("labels", labels[live])
+    b = boxes[live]
+    if not np.isfinite(b).all():
+        fail("boxes", "holds values that are not finite")
+    tol = 1.0
+    if b.size and ((b[:, 0] < -tol) | (b[:, 1] < -tol) | (b[:, 2] > w + tol) | (b[:, 3] > h + tol)
+                   | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
+        fail("boxes", f"holds boxes outside the {w}x{h} input image or with x2 < x1 / y2 < y1")
+    if not np.isfinite(masks[live]).all():
+        fail("masks", "holds values that are not finite")

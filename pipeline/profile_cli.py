@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, help="replay pacing: 1 = recorded speed, 0 = as fast as possible")
     p.add_argument("--policy", choices=["replay", "live"], help="replay (lossless) or live (newest frame wins)")
     p.add_argument("--out", default="out/profile", help="output folder (default out/profile)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier profile's outputs in --out")
     p.add_argument("--interval", type=float, default=0.2, help="system sampling interval in s (default 0.2)")
     p.add_argument("--hz", help="fixed-rate runs at these camera rates, e.g. 10,20,30 (live policy unless "
                                 "--policy), one profile each under OUT/<rate>hz/, then a comparison")
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"expected LO:HI with LO < HI, got {args.peak_range!r}", field="--peak-range")
         result = find_peak(cfg, out, lo_hz=lo, hi_hz=hi, iterations=args.iterations,
                            max_drop_pct=args.max_drop_pct, max_latency_ms=args.max_latency_ms,
-                           interval_s=args.interval, progress=not args.no_progress)
+                           interval_s=args.interval, progress=not args.no_progress, overwrite=args.overwrite)
         print(f"\nsegfuse profile --find-peak: {cfg.path}, live policy, {lo:g}..{hi:g} Hz, "
               f"<= {args.max_drop_pct:g}% lost, e2e p99 <= {result['max_latency_ms']:.0f} ms")
         for t in result["trials"]:
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = cfg.with_overrides(policy="live")
         paths = []
         for hz in _rates(args.hz, "--hz"):
-            r = run_profile(cfg, out / f"{hz:g}hz", interval_s=args.interval, progress=progress, rate_hz=hz)
+            r = run_profile(cfg, out / f"{hz:g}hz", interval_s=args.interval, progress=progress, rate_hz=hz,
+                            overwrite=args.overwrite)
             if not args.no_report:
                 write_report(r.profile, r.path.parent)
             print(render_text(r.profile))
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             from pipeline.profiling.report import compare_png
             print(f"  comparison plot: {compare_png(profiles, out / 'compare.png')}")
         return 0
-    r = run_profile(cfg, out, interval_s=args.interval, progress=progress)
+    r = run_profile(cfg, out, interval_s=args.interval, progress=progress, overwrite=args.overwrite)
     print(render_text(r.profile))
     look = [str(r.path)]
     if not args.no_report:

@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, help="replay pacing: 1 = recorded speed, 0 = as fast as possible")
     p.add_argument("--policy", choices=["replay", "live"], help="replay (lossless) or live (newest frame wins)")
     p.add_argument("--out", help="output folder (overrides out)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run in --out (refused otherwise)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -45,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also run the pipeline with these models and score the fused points and objects")
     e.add_argument("--out", default="out/eval", help="with --fusion: where the pipeline recordings go")
     e.add_argument("--json", help="also write the metrics to this JSON file")
+    e.add_argument("--overwrite", action="store_true", help="with --fusion: replace earlier recordings in --out")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=evaluate)
 
@@ -55,9 +58,16 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args.config).with_overrides(input=args.input, frames=args.frames, rate=args.rate,
                                                       out=args.out, policy=args.policy)
-    summary = run_pipeline(cfg, progress=False if args.no_progress else None)
+    from pipeline.outputs import EXIT_FAULT
+
+    summary = run_pipeline(cfg, progress=False if args.no_progress else None, overwrite=args.overwrite)
     print(render_summary(summary))
-    return 130 if summary["stopped_by"] == "signal" else 0
+    code = EXIT_FAULT if summary.get("fault") else 130 if summary["stopped_by"] == "signal" else 0
+    if cfg.sinks.publisher.enabled:
+        from pipeline.sinks.publisher import exit_if_close_stuck
+
+        exit_if_close_stuck(code)             # the outputs are written: a stuck Zenoh close does not hold the exit
+    return code
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -139,7 +149,8 @@ def evaluate_models_cli(args: argparse.Namespace, engines_open: dict | None = No
             run_cfg = replace(cfg.with_overrides(input=str(drive), out=str(out), frames=args.frames),
                               masks="engines", engines=replace(cfg.engines, **engines))
             run_cfg.sinks = replace(run_cfg.sinks, overlay=replace(run_cfg.sinks.overlay, enabled=False))
-            summary = run_pipeline(run_cfg, progress=False if args.no_progress else None, engines=engines_open)
+            summary = run_pipeline(run_cfg, progress=False if args.no_progress else None, engines=engines_open,
+                                   overwrite=args.overwrite)
             fused[str(drive)] = evaluate_recording(summary["recording"], drive)
             table += f"\n\nafter fusion, {drive}:\n" + render_table(fused[str(drive)])
         metrics["fusion"] = fused

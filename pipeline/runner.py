@@ -18,7 +18,6 @@ cannot be opened, ground-truth masks asked of an input that has none.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -114,7 +113,8 @@ def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, 
         stages += [Stage("preprocess", Preprocess(model_input_hw(engines), cfg.engines.resize), (SyncedFrame,), Batches),
                    Parallel("infer", [Stage(k, Infer(k, e), (Batches,), ModelOutput) for k, e in engines.items()],
                             ModelOutputs, ModelOutputs.join),
-                   Stage("postprocess", Postprocess(taxonomy, m.score_threshold, m.mask_threshold),
+                   Stage("postprocess", Postprocess(taxonomy, m.score_threshold, m.mask_threshold,
+                                                    {k: str(e.path) for k, e in engines.items()}),
                          (Batches, ModelOutputs), Masks)]
         label = masks_label(cfg.engines)
     else:
@@ -136,10 +136,11 @@ def build_stages(cfg: RunConfig, opened: Any, taxonomy: Any, engines: dict[str, 
     return stages, warm, label
 
 
-def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
+def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None, *, overwrite: bool = False) -> Run:
     """Open the input, the models and the sinks; wire the stages. Everything that can be refused
-    is refused here, before a frame is read. ``engines``: already-open, warmed engines by kind
-    (``segfuse fleet`` keeps them open across drives): used for ``masks: engines`` instead of
+    is refused here, before a frame is read (an output folder that is not empty, unless
+    ``overwrite``: pipeline.outputs.claim_out_dir). ``engines``: already-open, warmed engines by
+    kind (``segfuse fleet`` keeps them open across drives): used for ``masks: engines`` instead of
     opening the config's models, and left open (the caller closes them)."""
     from pipeline.config import load_taxonomy
     from pipeline.graph import Graph, Stage
@@ -176,8 +177,10 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
         fuse_stage = next(s.fn for s in stages if getattr(s, "name", None) == "fuse")   # its per-camera counts
         note = synthetic_only_note(cfg, main)           # None, or the one line: these models know only sim
 
-        out = Path(cfg.out)
-        out.mkdir(parents=True, exist_ok=True)
+        from pipeline.outputs import claim_out_dir, reserve_space
+
+        out = claim_out_dir(cfg.out, overwrite=overwrite)
+        reserve_space(out)                                # room to finish the outputs on a full disk
         sink_stages = []
         sc = cfg.sinks
         run_info = {"masks": cfg.masks, "masks_label": label, "oracle": cfg.masks in ORACLE_PROVIDERS,
@@ -198,7 +201,8 @@ def build_run(cfg: RunConfig, engines: dict[str, Any] | None = None) -> Run:
             short = {"ground_truth": "ground truth (ORACLE)", "label_boxes": "labelled boxes (ORACLE)"}
             overlay = OverlayVideo(out, opened.rig, taxonomy, camera_id=opened.camera_id, fps=fps,
                                    masks_label=short.get(cfg.masks, "models"), mask_alpha=sc.overlay.mask_alpha,
-                                   every_n_frames=sc.overlay.every_n_frames, note=note)
+                                   every_n_frames=sc.overlay.every_n_frames, note=note,
+                                   segment_frames=sc.overlay.segment_frames)
             sinks.append(overlay)
             sink_stages.append(Stage("overlay", overlay.write, (FrameResult,)))
         if sc.publisher.enabled:
@@ -251,21 +255,32 @@ def _warm_engine(engine: Any) -> None:
 # --- Running --------------------------------------------------------------------------------
 
 def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
-                 on_built: Any = None, engines: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run a config to the end (or to SIGINT/SIGTERM); returns the summary (also in OUT/summary.json).
-    ``on_built(run)``, if given, is called once the run is built, before the warm-up (the profiler
-    keeps the Run to read ``run.graph.stage_traces`` afterwards and may wrap stage callables).
-    ``engines``: already-open engines, see :func:`build_run`."""
+                 on_built: Any = None, engines: dict[str, Any] | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Run a config to the end (or to SIGINT/SIGTERM, or to a fault that stops it); returns the
+    summary (also in OUT/summary.json). After a fault, ``summary["fault"]`` says what stopped the
+    run and every frame completed before it is in the recording and the overlay
+    (pipeline.outputs.finish_after_fault). ``on_built(run)``, if given, is called once the run is
+    built, before the warm-up (the profiler keeps the Run to read ``run.graph.stage_traces``
+    afterwards and may wrap stage callables). ``engines``: already-open engines, see
+    :func:`build_run`."""
     from tqdm import tqdm
 
-    run = build_run(cfg, engines)
-    if on_built is not None:
-        on_built(run)
-    graph = run.graph
+    from pipeline import outputs
+
     t_warm = time.monotonic()
-    for stage in run.warm:
-        stage()
-    log.debug("warm-up %.2f s", time.monotonic() - t_warm)
+    with outputs.sigterm_interrupts():             # until the graph's own handler: SIGTERM cleans up too
+        run = build_run(cfg, engines, overwrite=overwrite)
+        try:
+            if on_built is not None:
+                on_built(run)
+            for stage in run.warm:
+                stage()
+        except BaseException:
+            outputs.abort_run(run)                 # no half-made recording is left behind
+            raise
+    graph = run.graph
+    log.debug("build and warm-up %.2f s", time.monotonic() - t_warm)
     show = cfg.run.progress if progress is None else progress
     info = run.opened.sources[0].info
     total = cfg.run.frames if cfg.run.frames else info.num_frames
@@ -282,14 +297,13 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
             graph.wait()
         _progress(bar, graph, t0)
         error = graph.error
-    recording = video = None
+    recording = video = fault = None
     try:
         if error is not None:
-            for sink in run.sinks:
-                sink.abort()
-            raise error
-        recording = run.recorder.close() if run.recorder is not None else None
-        video = run.overlay.close() if run.overlay is not None else None
+            fault, recording, video = outputs.finish_after_fault(run, error)
+        else:
+            recording = run.recorder.close() if run.recorder is not None else None
+            video = run.overlay.close() if run.overlay is not None else None
     finally:
         run.close_engines()
         if run.publisher is not None:
@@ -297,8 +311,10 @@ def run_pipeline(cfg: RunConfig, *, progress: bool | None = None,
         if run.liveview is not None:
             run.liveview.dropped_frames = run.graph.stats.sink_dropped.get("liveview", 0)
             run.liveview.close()
+        outputs.release_space(run.out)
     summary = make_summary(run, time.monotonic() - t0, recording, video)
-    (run.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary.update(outputs.summary_fields(run, fault))
+    outputs.write_summary(run.out, summary)
     return summary
 
 
@@ -388,6 +404,10 @@ def render_summary(s: dict[str, Any]) -> str:
         for name, v in s["stages_ms"].items():
             label = "sync (waiting)" if name == "sync" else name
             lines.append(f"  {label:<22}{v['p50']:9.1f}{v['p99']:9.1f}{v['mean']:9.1f}")
+    if s.get("fault"):
+        ft = s["fault"]
+        lines.append(f"  STOPPED BY   {ft['kind']}: {ft['message']}" + (f" (in the {ft['where']})" if ft["where"] else "")
+                     + f"; kept the {f['recorded'] if f['recorded'] is not None else f['done']} frames completed before it")
     for line in s["input_errors"]:
         lines.append(f"  INPUT ENDED EARLY: {line}")
     for line in sk["first"][:3]:

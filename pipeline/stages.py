@@ -123,18 +123,27 @@ class Infer:
 
 class Postprocess:
     """``Batches, ModelOutputs -> Masks``: outputs back to camera resolution (pipeline.postprocess),
-    Mask R-CNN detections below ``score_threshold`` dropped, masks cut at ``mask_threshold``."""
+    Mask R-CNN detections below ``score_threshold`` dropped, masks cut at ``mask_threshold``.
+    What each model returned is checked first (pipeline.postprocess.check_model_outputs): class
+    ids outside the taxonomy, boxes not finite or outside the image, masks of the wrong shape fail
+    the frame (EngineError naming the model file, ``models[kind]``, and the output; counted)."""
 
-    def __init__(self, taxonomy: Any, score_threshold: float, mask_threshold: float) -> None:
+    def __init__(self, taxonomy: Any, score_threshold: float, mask_threshold: float,
+                 models: dict[str, str] | None = None) -> None:
         self.taxonomy = taxonomy
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
+        self.models = models or {}
 
     def __call__(self, batches: Batches, outputs: ModelOutputs) -> Masks:
         from pipeline.fusion.label import InstanceMap
-        from pipeline.postprocess import postprocess_batch
+        from pipeline.postprocess import check_model_outputs, postprocess_batch
 
         ignore = self.taxonomy.ignore_id
+        for kind, out in outputs.by_kind.items():
+            check_model_outputs(kind, out, input_hw=batches.by_kind[kind].transforms[0].dst_hw,
+                                num_classes=self.taxonomy.num_classes, ignore_id=ignore,
+                                model=self.models.get(kind, kind))
         semantic, instances, maps = {}, {}, {}
         if "deeplab" in outputs.by_kind:
             b = batches.by_kind["deeplab"]

@@ -54,6 +54,8 @@ class SyncStats:
     lidar_missed: int = 0            # of those, frames whose LiDAR was late or missing (a LiDAR is configured)
     sweeps_unused: int = 0           # sweeps no camera frame took (late, or more sweeps than frames)
     pose_waits_timed_out: int = 0    # live: frames that went out before their poses were complete
+    ego_motion_skipped: int = 0      # frames sent on (stop, live timeout) with their poses incomplete: fused
+                                     # without ego-motion compensation (their partial poses would fail it)
     max_pair_dt_ns: int = 0          # largest |camera - LiDAR| (after offsets) of a pair
 
     def as_dict(self) -> dict[str, int]:
@@ -171,6 +173,7 @@ class Synchronizer:
                 break
             sweep = self._sweeps[idx][1] if idx is not None else None
             window = None
+            complete = True
             if sweep is not None and self.use_poses:
                 window = pose_window_ns(cam.stamp_ns, sweep.stamp_ns)
                 complete = self._pose_complete_ns is not None and self._pose_complete_ns >= window[1]
@@ -189,11 +192,12 @@ class Synchronizer:
                 if self.has_lidar:
                     self.stats.lidar_missed += 1
             self._last_target_ns = target
-            out.append((self._frame(cam, sweep, window), token))
+            out.append((self._frame(cam, sweep, window, complete), token))
         self._prune()
         return out
 
-    def _frame(self, cam: CameraInput, sweep: LidarInput | None, window: tuple[int, int] | None) -> SyncedFrame:
+    def _frame(self, cam: CameraInput, sweep: LidarInput | None, window: tuple[int, int] | None,
+               complete: bool = True) -> SyncedFrame:
         index = self._emitted
         self._emitted += 1
         poses = pose = None
@@ -204,7 +208,9 @@ class Synchronizer:
                 stamps = np.array(self._pose_stamps[lo:hi], np.int64)
                 Ts = np.stack(self._pose_T[lo:hi])
                 pose = Ts[int(np.argmin(np.abs(stamps - cam.stamp_ns)))]
-                poses = Poses(stamps, Ts)
+                poses = Poses(stamps, Ts) if complete else None    # partial poses: no compensation
+        if not complete:
+            self.stats.ego_motion_skipped += 1
         truth = {cid: MaskTruth(*t) for cid, t in cam.more_truth.items()}    # a camera set: the others' truth
         if cam.semantic_truth is not None or cam.instance_truth is not None:
             truth[cam.frame.camera_id] = MaskTruth(cam.semantic_truth, cam.instance_truth)

@@ -300,7 +300,7 @@ RUN_BASE = {"input": {}, "run": {"progress": False}, "sync": {"lidar_offset_ms":
 def run_probe(settings, ctx):
     """A whole `segfuse run` of the 3-frame drive: the files it writes, the recording's topics,
     chunk compression and message digests, the overlay's frame rate and first frame, the summary's
-    counts and mask provider, and whether a progress bar was drawn."""
+    counts and mask provider, whether a progress bar was drawn, and the overlay's segment count."""
     import cv2
     from mcap.reader import make_reader
 
@@ -339,7 +339,8 @@ def run_probe(settings, ctx):
         cap.release()
         first = _digest(cv2.imread(str(Path(summary["overlay"]).with_name("overlay_first.png"))))
     return (files, topics, compression, digest, fps, first, summary["frames"]["done"], summary["masks_label"],
-            "segfuse run" in err.getvalue(), summary["published"] is not None, summary.get("liveview") is not None)
+            "segfuse run" in err.getvalue(), summary["published"] is not None, summary.get("liveview") is not None,
+            summary.get("overlay_segments"))
 
 
 def _publisher_cfg(settings):
@@ -494,6 +495,7 @@ EFFECTS = {
     "sinks.overlay.fps": (5.0, {}, R),
     "sinks.overlay.mask_alpha": (0.0, {}, R),
     "sinks.overlay.every_n_frames": (2, {}, R),            # the video's rate halves
+    "sinks.overlay.segment_frames": (1, {}, R),           # one closed segment per frame
     "out": ("elsewhere", {}, R),
 }
 for _k in ("min_depth_m", "occlusion", "splat_half_px", "occlusion_tol_m", "occlusion_tol_rel", "occlusion_tol_sq",

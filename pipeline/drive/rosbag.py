@@ -107,18 +107,12 @@ LZ4_LEVEL = -1
 
 
 def use_lz4_chunks(writer: Any) -> None:
-    """Make a rosbags rosbag2 writer compress MCAP chunks with lz4. rosbags compresses MCAP
-    chunks with zstd only; its MCAP storage takes any (name, function) pair, and lz4 frames are
-    what the MCAP spec calls "lz4". Falls back to uncompressed chunks, with a warning, if a
-    rosbags version changes those internals."""
-    import lz4.frame
+    """Make a rosbags rosbag2 writer compress MCAP chunks with lz4 (rosbags compresses MCAP chunks
+    with zstd only; lz4 frames are what the MCAP spec calls "lz4") and write each chunk's CRC-32
+    (pipeline.mcap_io.configure_chunks)."""
+    from pipeline.mcap_io import configure_chunks
 
-    storage = writer.storage
-    if not (hasattr(storage, "compression") and hasattr(storage, "compressor")):
-        log.warning("this rosbags version does not allow lz4 chunks; writing uncompressed chunks")
-        return
-    storage.compression = "lz4"
-    storage.compressor = lambda data: lz4.frame.compress(data, compression_level=LZ4_LEVEL, store_size=False)
+    configure_chunks(writer, "lz4", lz4_level=LZ4_LEVEL)
 
 
 def latched_qos() -> list[Any]:
@@ -159,8 +153,9 @@ class RosbagWriter:
         if compression == "zstd":
             self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
-        if compression == "lz4":
-            use_lz4_chunks(self._writer)
+        from pipeline.mcap_io import configure_chunks
+
+        configure_chunks(self._writer, compression, lz4_level=LZ4_LEVEL)   # lz4 chunks, every chunk's CRC-32
         self._conns: dict[str, Any] = {}
         self._started = False
         self._last_pose_ns: int | None = None
@@ -244,7 +239,7 @@ class RosbagWriter:
         if c.instance is not None:
             self._put(self._topics["instance"], IMAGE, cam_ns, self._image(cam_ns, c.instance, "mono16"))
         if c.point_class is not None:
-            labels = np.empty(c.points.shape[0], LABELS_DTYPE)
+            labels = np.zeros(c.points.shape[0], LABELS_DTYPE)   # zeros: the padding byte too
             labels["class_id"] = c.point_class
             labels["instance_id"] = c.point_instance
             msg = self._cloud(lid_ns, [("class_id", 0, UINT8), ("instance_id", 2, UINT16)], LABELS_DTYPE.itemsize,

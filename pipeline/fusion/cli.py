@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "rigs the left colour camera cam2/cam02; else the first)")
     p.add_argument("--no-occlusion", action="store_true", help="turn the depth test off")
     p.add_argument("--edge", choices=["none", "erode", "depth_gate"], default="none", help="mask-edge handling")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (refused if not empty, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier fused outputs in --out")
     p.set_defaults(func=run)
 
 
@@ -28,6 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.fusion.config import FusionConfig
     from pipeline.fusion.offline import fuse_files
 
+    from pipeline.outputs import claim_out_dir
+
+    claim_out_dir(args.out, overwrite=args.overwrite, outputs=("fused.npz", "fused.ply", "objects.json", "lanes.json"))
     cfg = FusionConfig(ego_motion=False, occlusion=not args.no_occlusion, edge_mode=args.edge)
     summary = fuse_files(rig_path=args.rig, cloud_path=args.cloud, semantic_path=args.semantic,
                          instances_path=args.instances, instances_meta_path=args.instances_meta,

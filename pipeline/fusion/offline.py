@@ -111,6 +111,11 @@ def fuse_files(*, rig_path: str | Path, cloud_path: str | Path, semantic_path: s
     cam = rig.camera(camera) if camera else rig.default_camera
     shape = (cam.height, cam.width)
     cloud = read_cloud(cloud_path, fields=cloud_fields)
+    finite = np.isfinite(np.asarray(cloud.points)[:, :3]).all(axis=1) if len(cloud.points) else np.zeros(0, bool)
+    if not finite.any():
+        raise InputDataError(f"the cloud has no point with finite x, y, z ({len(cloud.points)} points"
+                             f"{', all NaN or infinite' if len(cloud.points) else ''}): nothing to fuse",
+                             path=cloud_path, field="--cloud")
     semantic = read_label_png(semantic_path, field="--semantic", expect_shape=shape) if semantic_path else None
     if semantic is not None:
         if semantic.dtype != np.uint8:

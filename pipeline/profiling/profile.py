@@ -111,8 +111,12 @@ def frames_from_traces(traces: list[Any]) -> list[dict[str, Any]]:
              "stages": {k: [int(a), int(b)] for k, (a, b) in t.stages.items()}} for t in traces]
 
 
+# what a profile writes into its folder (removed by --overwrite; pipeline.outputs.claim_out_dir)
+PROFILE_OUTPUTS = ("run", "profile.json", "report.html", "plots", "compare.png", "peak.json")
+
+
 def run_profile(cfg: Any, out: str | Path, *, interval_s: float = 0.2, progress: bool | None = None,
-                rate_hz: float | None = None, trace_cost: bool = True) -> ProfileRun:
+                rate_hz: float | None = None, trace_cost: bool = True, overwrite: bool = False) -> ProfileRun:
     """Run ``cfg`` (a RunConfig) with the sampler on; write OUT/profile.json. The pipeline's own
     outputs (recording, overlay, summary.json) go to OUT/run. ``rate_hz``: pace the replay at this
     camera rate (overrides ``cfg.rate``, needs the source's nominal rate)."""
@@ -121,8 +125,9 @@ def run_profile(cfg: Any, out: str | Path, *, interval_s: float = 0.2, progress:
     from pipeline.profiling.system import SystemSampler, machine_info
     from pipeline.runner import run_pipeline
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from pipeline.outputs import claim_out_dir
+
+    out = claim_out_dir(out, overwrite=overwrite, outputs=PROFILE_OUTPUTS)
     cfg = cfg.with_overrides(out=str(out / "run"))
     nvtx, nvtx_status = load_nvtx()
     held: dict[str, Any] = {}
@@ -146,7 +151,7 @@ def run_profile(cfg: Any, out: str | Path, *, interval_s: float = 0.2, progress:
     sampler = SystemSampler(interval_s)
     t_start = datetime.now(timezone.utc)
     with sampler:
-        summary = run_pipeline(cfg, progress=progress, on_built=on_built)
+        summary = run_pipeline(cfg, progress=progress, on_built=on_built, overwrite=overwrite)
     run = held["run"]
     g = run.graph
     frames = frames_from_traces(g.stage_traces)
@@ -208,7 +213,7 @@ def load_profile(path: str | Path) -> dict[str, Any]:
 
 def find_peak(cfg: Any, out: str | Path, *, lo_hz: float, hi_hz: float, iterations: int = 4,
               max_drop_pct: float = 1.0, max_latency_ms: float | None = None, interval_s: float = 0.2,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """ros2_benchmark's peak search: binary search on the replay rate (live policy: the newest frame
     wins, so a pipeline that cannot keep up drops) for the highest rate with at most
     ``max_drop_pct`` % of the frames dropped or failed and bounded latency: end-to-end p99 at most
@@ -224,7 +229,7 @@ def find_peak(cfg: Any, out: str | Path, *, lo_hz: float, hi_hz: float, iteratio
     def trial(hz: float) -> bool:
         nonlocal bound
         r = run_profile(cfg, out / f"peak_{hz:.2f}hz", interval_s=interval_s, progress=False, rate_hz=hz,
-                        trace_cost=False)
+                        trace_cost=False, overwrite=overwrite)
         st = r.profile["stats"]
         p99 = st.get("e2e_ms", {}).get("p99", float("inf"))
         if bound is None:

@@ -2,11 +2,12 @@
 masks, labels) and the overlay video sink: the camera frame with the semantic mask blended in,
 LiDAR points coloured by their fused class, objects labelled with class and range, tracks with
 their id, speed and a short trail, and a banner (frame, mask provider, LiDAR missing).
-``draw_overlay`` is a plain function; ``OverlayVideo`` writes an MP4 (and the first frame as a
-PNG)."""
+``draw_overlay`` is a plain function; ``OverlayVideo`` writes an MP4 in closed segments, so a
+killed run leaves a playable video (and the first frame as a PNG)."""
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ class OverlayConfig:
     mask_alpha: float = setting(0.35, min=0, max=1, doc="opacity of the semantic mask over the camera image")
     every_n_frames: int = setting(1, unit="frames", min=1, doc="draw only every Nth frame (a debug sink: 1 draws "
                                   "all; the video's rate is divided by N and the run summary says so)")
+    segment_frames: int = setting(10, unit="frames", above=0, doc="frames per closed MP4 segment: a killed run "
+                                  "loses at most the segment being written (segfuse recover joins the rest)")
 
 
 # --- drawing primitives ----------------------------------------------------------------------
@@ -192,10 +195,60 @@ def _draw_camera(result: FrameResult, frame: Any, camera: Any, taxonomy: Any, ma
     return img.copy()
 
 
+def fit_canvas(img: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """``img`` scaled to fit a (width, height) canvas, aspect kept, centred on black (letterbox)."""
+    import cv2
+
+    w, h = size_wh
+    ih, iw = img.shape[:2]
+    if (iw, ih) == (w, h):
+        return img
+    s = min(w / iw, h / ih)
+    nw, nh = max(1, round(iw * s)), max(1, round(ih * s))
+    canvas = np.zeros((h, w, 3), np.uint8)
+    x0, y0 = (w - nw) // 2, (h - nh) // 2
+    canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    return canvas
+
+
+def join_segments(segments: list[Path], dest: Path, fps: float) -> int:
+    """Concatenate closed .mp4 segments into one .mp4 (decoded and encoded again with OpenCV:
+    FFmpeg's stream copy is not always installed); returns the frames written."""
+    import cv2
+
+    writer = None
+    n = 0
+    tmp = dest.with_name(f".{dest.name}.joining.mp4")
+    try:
+        for seg in segments:
+            cap = cv2.VideoCapture(str(seg))
+            while True:
+                ok, img = cap.read()
+                if not ok:
+                    break
+                if writer is None:
+                    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (img.shape[1], img.shape[0]))
+                writer.write(img)
+                n += 1
+            cap.release()
+    finally:
+        if writer is not None:
+            writer.release()
+    if writer is not None:
+        tmp.replace(dest)
+    return n
+
+
 class OverlayVideo:
+    """The overlay as an MP4. Written as short closed .mp4 segments (``segment_frames`` frames
+    each) in ``OUT/.NAME.segments/``, joined into ``OUT/NAME.mp4`` by ``close()``: a killed run
+    leaves every closed segment playable (``segfuse recover OUT`` joins them). A frame whose size
+    differs from the first is letterboxed onto the first frame's canvas (counted: ``resized``)."""
+
     def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, fps: float,
                  masks_label: str, mask_alpha: float = 0.35, name: str = "overlay", every_n_frames: int = 1,
-                 note: str | None = None) -> None:
+                 note: str | None = None, segment_frames: int | None = None) -> None:
         self.video_path = Path(out_dir) / f"{name}.mp4"
         self.first_path = Path(out_dir) / f"{name}_first.png"
         self.camera = rig.camera(camera_id) if rig is not None and camera_id in rig.camera_names else None
@@ -206,12 +259,17 @@ class OverlayVideo:
         self.fps = float(fps)
         self.masks_label = masks_label
         self.mask_alpha = mask_alpha
+        self.segment_frames = int(segment_frames or 10)
+        self.segments_dir = Path(out_dir) / f".{name}.segments"
         self._video = None
-        self._tmp = Path(out_dir) / f".{name}.partial.mp4"
+        self._segment_n = 0
+        self._segments: list[Path] = []
         self.frames = 0
         self.every_n_frames = max(1, int(every_n_frames))
         self.skipped = 0                  # frames not drawn (decimation)
         self._seen = 0
+        self.resized = 0
+        self.segments_written = 0
 
     def write(self, result: FrameResult) -> None:
         import cv2
@@ -222,26 +280,51 @@ class OverlayVideo:
             return
         img = draw_overlay(result, self.camera, self.taxonomy, masks_label=self.masks_label, mask_alpha=self.mask_alpha,
                            rig=self.rig, note=self.note)
-        if self._size is not None and img.shape[:2] != self._size:
-            img = cv2.resize(img, (self._size[1], self._size[0]))        # frames of other sizes (KITTI object)
+        if self._size is None:
+            self._size = (img.shape[1], img.shape[0])
+            self.segments_dir.mkdir(parents=True, exist_ok=True)
+            if not cv2.imwrite(str(self.first_path), img):
+                raise OSError(f"could not write {self.first_path}")
+        elif (img.shape[1], img.shape[0]) != self._size:
+            if not self.resized:
+                log.warning("overlay: frame %d is %dx%d, the video is %dx%d: letterboxed onto the first frame's "
+                            "canvas (counted in the summary)", result.index, img.shape[1], img.shape[0], *self._size)
+            img = fit_canvas(img, self._size)
+            self.resized += 1
         if self._video is None:
-            self._size = img.shape[:2]
-            self._video = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                          (img.shape[1], img.shape[0]))
-            cv2.imwrite(str(self.first_path), img)
+            seg = self.segments_dir / f"{len(self._segments):06d}.mp4"
+            self._video = cv2.VideoWriter(str(seg), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
+            if not self._video.isOpened():
+                self._video = None
+                raise OSError(f"could not open the overlay segment {seg}")
+            self._segments.append(seg)
+            self.segments_written += 1
+            self._segment_n = 0
         self._video.write(img)
+        self._segment_n += 1
         self.frames += 1
+        if self._segment_n >= self.segment_frames:
+            self._video.release()
+            self._video = None
 
     def close(self) -> Path | None:
-        if self._video is None:
+        """Join the segments into NAME.mp4 (the segments go when it is written)."""
+        if self._video is not None:
+            self._video.release()
+            self._video = None
+        if not self._segments:
+            shutil.rmtree(self.segments_dir, ignore_errors=True)
             return None
-        self._video.release()
-        self._video = None
-        self._tmp.replace(self.video_path)
-        return self.video_path
+        n = join_segments(self._segments, self.video_path, self.fps)
+        if n != self.frames:
+            log.warning("overlay: %d of %d frames could be joined into %s", n, self.frames, self.video_path)
+        shutil.rmtree(self.segments_dir, ignore_errors=True)
+        self._segments = []
+        return self.video_path if n else None
 
     def abort(self) -> None:
         if self._video is not None:
             self._video.release()
             self._video = None
-        self._tmp.unlink(missing_ok=True)
+        shutil.rmtree(self.segments_dir, ignore_errors=True)
+        self._segments = []

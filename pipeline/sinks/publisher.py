@@ -48,6 +48,7 @@ T_OBJECTS = "vision_msgs/msg/Detection3DArray"
 T_LANES = "segfuse_msgs/msg/LaneLineArray"
 T_STATUS = "segfuse_msgs/msg/FrameStatus"
 QOS = ("latest", "reliable")
+CLOSE_TIMEOUT_S = 2.0          # the longest close() waits for Zenoh to close the session
 NODE_NAME = "segfuse"          # the ROS node the tokens announce: /segfuse
 NODE_NAMESPACE = "/"
 
@@ -235,19 +236,60 @@ class ZenohPublisher(RosMessages):
 
     # -- closing ----------------------------------------------------------------------------
     def close(self) -> None:
+        """Leave the graph and close the session, in at most CLOSE_TIMEOUT_S: a stuck subscriber
+        (a stopped process whose TCP link is still up) makes Zenoh's close wait and then fail with
+        "close operation timed out"; that is logged, never raised, and the run ends on time."""
         if self._state != "open":
             return
         self._state = "closed"
-        with self._lock:
-            # leave the ROS graph first (publishers, then the node), as rmw_zenoh does on shutdown
-            for handle in [*reversed(self._lv), *self._pubs.values()]:
-                try:
-                    handle.undeclare()
-                except Exception as exc:
-                    log.debug("undeclare: %s", exc)
-            self._lv.clear()
-            self.session.close()
+
+        def shut() -> None:
+            with self._lock:
+                # leave the ROS graph first (publishers, then the node), as rmw_zenoh does on shutdown
+                for handle in [*reversed(self._lv), *self._pubs.values()]:
+                    try:
+                        handle.undeclare()
+                    except Exception as exc:
+                        log.debug("undeclare: %s", exc)
+                self._lv.clear()
+                self.session.close()
+
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                shut()
+            except Exception as exc:  # noqa: BLE001 - zenoh.ZError and friends: logged below
+                errors.append(exc)
+
+        t = threading.Thread(target=run, name="segfuse-zenoh-close", daemon=True)
+        t.start()
+        t.join(CLOSE_TIMEOUT_S)
+        if t.is_alive():
+            _STUCK_CLOSES.append(t)
+            log.warning("publisher: the Zenoh session did not close within %.0f s (a subscriber is not reading); "
+                        "left to close in the background", CLOSE_TIMEOUT_S)
+        elif errors:
+            log.warning("publisher: closing the Zenoh session failed: %s", errors[0])
         log.info("published %d frames (%d samples, %.1f MB, %d errors)", self.frames, self.samples, self.bytes / 1e6,
                  self.errors)
 
     abort = close
+
+
+_STUCK_CLOSES: list[threading.Thread] = []
+
+
+def exit_if_close_stuck(code: int) -> None:
+    """End the process now (exit ``code``) if a Zenoh session is still closing in the background:
+    zenoh's close waits ~10 s on a stuck peer and then raises, and a session still closing when the
+    interpreter shuts down aborts the process. Called by the CLI after the outputs are written."""
+    if any(t.is_alive() for t in _STUCK_CLOSES):
+        import os
+        import sys
+
+        log.warning("exiting without waiting for the Zenoh session to close")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

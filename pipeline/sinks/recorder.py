@@ -5,7 +5,11 @@ pipeline.sinks.messages.RosMessages like every other sink's. Log time = header s
 input's stamp; no wall-clock value anywhere, so a replay of the same drive records the same bytes.
 
 The folder is built as ``OUT/.NAME.partial-<pid>/NAME`` and moved to ``OUT/NAME`` by ``close()``,
-so a recording that exists is complete; ``close()`` after SIGINT/SIGTERM finishes it too.
+so a recording that exists is complete; ``close()`` after SIGINT/SIGTERM finishes it too. Each
+frame is one MCAP chunk (with its CRC-32), flushed and fsynced before the next frame starts
+(pipeline.mcap_io.DurableChunks): a SIGKILL or a power loss leaves a partial that ``segfuse
+recover OUT`` turns into a valid recording of every whole frame, and a write that fails (a full
+disk) ends the file at the last whole frame with its summary, footer and metadata.yaml.
 """
 from __future__ import annotations
 
@@ -44,10 +48,10 @@ class Recorder(RosMessages):
 
     def __init__(self, out_dir: str | Path, rig: Any, taxonomy: Any, *, camera_id: str, lidar_id: str | None,
                  run_info: dict[str, Any], compression: str = "lz4", camera_image: bool = False,
-                 name: str = "recording", has_poses: bool = False, replay: bool = True) -> None:
+                 name: str = "recording", has_poses: bool = False, replay: bool = True, fsync: bool = True) -> None:
         from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
-        from pipeline.drive.rosbag import use_lz4_chunks
+        from pipeline.mcap_io import DurableChunks, configure_chunks
 
         self.final = Path(out_dir) / name
         self.staging = Path(out_dir) / f".{name}.partial-{os.getpid()}"
@@ -66,11 +70,14 @@ class Recorder(RosMessages):
         elif compression not in ("lz4", "none"):
             raise ConfigError(f"unknown compression {compression!r}", field="sinks.recorder.compression")
         self._writer.open()
-        if compression == "lz4":
-            use_lz4_chunks(self._writer)
+        from pipeline.drive.rosbag import LZ4_LEVEL
+
+        configure_chunks(self._writer, compression, per_frame=True, lz4_level=LZ4_LEVEL)   # one CRC'd chunk per frame
+        self._durable = DurableChunks(self._writer, fsync=fsync)
         self._conns: dict[str, Any] = {}
         self._started = False
         self._state = "open"
+        self.failed: BaseException | None = None          # the write error that stopped recording
         self.frames = 0
         self.clouds = 0
 
@@ -94,34 +101,48 @@ class Recorder(RosMessages):
         self._started = True
 
     def write(self, work: Any) -> None:
-        """Record one frame's results (the output schema's topics; pipeline.sinks.messages)."""
+        """Record one frame's results (the output schema's topics; pipeline.sinks.messages): its
+        messages go into one chunk, closed and put on disk (flush + fsync) before ``frames`` counts
+        it. A write that fails (a full disk) stops the recorder; ``close()`` then ends the file at
+        the last whole frame."""
         if self._state != "open":
             return
-        v = frame_view(work)
-        if not self._started:
-            self._start(self.first_stamp(v))
-        for topic, msgtype, stamp, msg in self.frame_cdr(v, live=False):
-            self._put(topic, msgtype, stamp, msg)
-            if topic == TOPIC_POINTS:
-                self.clouds += 1
+        clouds = 0
+        try:
+            v = frame_view(work)
+            if not self._started:
+                self._start(self.first_stamp(v))
+            for topic, msgtype, stamp, msg in self.frame_cdr(v, live=False):
+                self._put(topic, msgtype, stamp, msg)
+                clouds += topic == TOPIC_POINTS
+            self._durable.checkpoint()
+        except BaseException as exc:
+            self._state = "failed"
+            self.failed = exc
+            raise
         self.frames += 1
+        self.clouds += clouds
 
     # -- closing ---------------------------------------------------------------------------
     def close(self) -> Path:
-        """Finish the MCAP and move the recording into place (replacing an older one)."""
-        if self._state != "open":
+        """Finish the MCAP (summary, footer, metadata.yaml) and move the recording into place. After
+        a failed write, the file ends at the last frame that was written whole (``frames``)."""
+        if self._state not in ("open", "failed"):
             return self.final
+        failed = self._state == "failed"
         self._state = "closing"
         try:
-            if not self._started:
-                self._start(0)
-            self._writer.close()
+            if failed:
+                self._durable.close_at_checkpoint()
+            else:
+                if not self._started:
+                    self._start(0)
+                self._durable.close()
             if self.final.exists():
-                shutil.rmtree(self.final)
+                raise FileExistsError(f"{self.final} appeared while recording; the recording stays in {self.path}")
             os.rename(self.path, self.final)
         except BaseException:
-            self._state = "aborted"
-            shutil.rmtree(self.staging, ignore_errors=True)
+            self._state = "aborted"           # the partial stays for segfuse recover
             raise
         shutil.rmtree(self.staging, ignore_errors=True)
         self._state = "closed"
@@ -129,7 +150,8 @@ class Recorder(RosMessages):
         return self.final
 
     def abort(self) -> None:
-        if self._state != "open":
+        """Drop the recording (a run refused or failed before its first frame)."""
+        if self._state not in ("open", "failed"):
             return
         self._state = "aborted"
         try:

@@ -11,7 +11,9 @@ calibration.io_ros) unless a rig file is given.
 
 Messages come out in log-time order as CameraInput, LidarInput and PoseInput; the sync stage
 pairs them. A message that cannot be decoded (a corrupt image, a truncated cloud, a type
-this topic cannot hold) is skipped, counted and reported; the run goes on.
+this topic cannot hold) is skipped, counted and reported; the run goes on. So is an MCAP chunk
+that fails to decompress or fails its CRC (pipeline.mcap_io.skip_corrupt_chunks): its topics and
+log-time range are reported and the read resumes at the next chunk of the summary's index.
 """
 from __future__ import annotations
 
@@ -53,11 +55,18 @@ class BagSource(Source):
 
         self.path = path = uri.path
         self._reader = open_bag(path, ros1=uri.kind == "ros1")
+        from pipeline.mcap_io import skip_corrupt_chunks
+
+        skip_corrupt_chunks(self._reader, self._chunk_lost)     # a corrupt MCAP chunk: skipped, counted
         try:
             self._setup(uri, dict(topics or {}), rig, want_truth, config_path)
         except BaseException:
-            self._reader.close()
+            self.close()
             raise
+
+    def _chunk_lost(self, topics: str, start_ns: int, end_ns: int, exc: BaseException) -> None:
+        where = f"{self.path} log time {start_ns / 1e9:.3f}-{end_ns / 1e9:.3f} s ({topics})"
+        self.skip("chunk", where, f"corrupt MCAP chunk ({exc}); its messages are lost, the read goes on")
 
     # -- opening ---------------------------------------------------------------------------
     def _setup(self, uri: SourceURI, topics: dict[str, str], rig: Any, want_truth: bool, config_path: str) -> None:
@@ -247,6 +256,9 @@ class BagSource(Source):
         return cloud_points(msg, self.path, conn.topic)
 
     def close(self) -> None:
+        from pipeline.mcap_io import forget_reader
+
+        forget_reader(self._reader)
         self._reader.close()
 
 
@@ -257,6 +269,8 @@ def cloud_points(msg: Any, path: Any, field: str) -> tuple[np.ndarray, np.ndarra
 
     pts, t_off = points_from_cloud(msg, path, field)
     finite = np.isfinite(pts[:, :3]).all(axis=1)
+    if pts.shape[0] and not finite.any():     # a sweep with no return at all: the frame goes camera-only
+        raise InputDataError(f"all {pts.shape[0]} points are NaN (no return)", path=path, field=field)
     if not finite.all():
         pts = pts[finite]
         t_off = None if t_off is None else t_off[finite]
