@@ -382,9 +382,8 @@ def publisher_probe(settings, ctx):
 def liveview_probe(settings, ctx):
     """A LiveView opened from sinks.liveview (port 0 and every frame sent unless the settings say
     otherwise), a foxglove.sdk.v1 client that connects after it started (so wait_clients_s
-    waits), six frames written while the live-view thread is held (so queue_frames drops): where
-    it listens, whether it waited, frames dropped and skipped, whether a client's outbox
-    overflowed, and the blended camera image it sent."""
+    waits), six frames written: where it listens, whether it waited, frames skipped, whether a
+    client's outbox overflowed, and the blended camera image it sent."""
     import sys
     import time
 
@@ -416,9 +415,8 @@ def liveview_probe(settings, ctx):
     client = FoxgloveClient(lv.port, host=cfg.host if cfg.host != "localhost" else "127.0.0.1", timeout_s=20)
     try:
         assert client.subscribed.wait(20) and lv.wait_for_clients(10)
-        with lv._sub_lock:                   # the live-view thread waits here for its first frame
-            for _ in range(6):
-                lv.write(ctx["lv_result"])
+        for _ in range(6):
+            lv.write(ctx["lv_result"])
         deadline = time.monotonic() + 20
         while lv.sent_frames + lv.dropped_frames + lv.skipped_rate < 6 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -430,6 +428,31 @@ def liveview_probe(settings, ctx):
     return (lv.url.split("://")[1].rsplit(":", 1)[0], lv.port if cfg.port else "ephemeral", waited,
             lv.dropped_frames, lv.skipped_rate, lv.client_backlog_full > 0,
             hashlib.sha1(blended[0]).hexdigest() if blended else None)
+
+
+def lossy_queue_probe(settings, ctx):
+    """sinks.liveview.queue_frames is the depth of the graph's lossy-sink queue the runner gives the
+    live view: 10 frames into a sink that takes 50 ms each; how many it never got."""
+    import time
+
+    from pipeline.config import parse_section
+    from pipeline.graph import Graph, Policy, Stage
+    from pipeline.sinks.liveview import LiveViewConfig
+    from pipeline.sources.camera import OpenCVCameraSource
+    from pipeline.sources.uri import parse_uri
+    from pipeline.sync import SyncConfig, Synchronizer
+    from pipeline.types import FrameResult
+
+    cfg = parse_section(LiveViewConfig, _get(settings, "sinks.liveview", {}) or {}, path="<test>",
+                        prefix="sinks.liveview.")
+    src = OpenCVCameraSource(parse_uri(str(_image_folder(ctx["tmp"] / "imgs", 10))), camera_id="cam", fps=10)
+    g = Graph([src], Synchronizer(SyncConfig(), has_lidar=False, has_poses=False, live=False),
+              [Stage("pass", lambda f: None)], Policy(),
+              sinks=[Stage("liveview", lambda r: time.sleep(0.05), (FrameResult,), lossy=cfg.queue_frames)])
+    g.start()
+    assert g.wait(30)
+    g.raise_error()
+    return g.stats.sink_dropped.get("liveview", 0)
 
 
 def wiring_check(module: str, function: str, attr: str):
@@ -526,7 +549,8 @@ for _k, _v in (("domain_id", 7), ("qos", "reliable"), ("wait_subscribers_s", 0.3
     EFFECTS[f"sinks.publisher.{_k}"] = (_v, {}, P)
 EFFECTS["sinks.publisher.enabled"] = (True, {}, R)
 EFFECTS["sinks.liveview.enabled"] = (True, {"sinks": {"liveview": {"port": 0}}}, R)
-for _k, _v, _extra in (("host", "localhost", {}), ("port", 48731, {}), ("queue_frames", 5, {}), ("backlog", 1, {}),
+EFFECTS["sinks.liveview.queue_frames"] = (6, {}, lossy_queue_probe)
+for _k, _v, _extra in (("host", "localhost", {}), ("port", 48731, {}), ("backlog", 1, {}),
                        ("allow_remote", True, {"sinks": {"liveview": {"host": "127.0.0.2"}}}),
                        ("tls_cert", str(REPO / "README.md"), {}), ("tls_key", str(REPO / "README.md"), {}),
                        ("blend_alpha", 0.9, {}), ("wait_clients_s", 0.5, {}), ("max_rate_hz", 10.0, {})):
