@@ -12,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from pathlib import Path
 
 # types the ros-* wheels in the venv ship (ROS 2 typesupport decodes them)
 RCLPY_PACKAGES = ("sensor_msgs", "std_msgs", "geometry_msgs", "visualization_msgs", "rosgraph_msgs",
@@ -176,3 +177,35 @@ def decode_protobuf(channel: dict, payload: bytes):
         pool.Add(f)
     cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(channel["schemaName"]))
     return cls.FromString(payload)
+
+
+# --- a small sim drive and a run config with the given sinks, shared by the live-output tests ----
+
+LIVE_FRAMES = 3
+
+
+def live_drive(path: Path) -> Path:
+    """A 3-frame, small-scale sim drive (seed 5) at ``path``, made once."""
+    from pipeline.sim.simulate import simulate
+
+    if not path.exists():
+        simulate(path, frames=LIVE_FRAMES, seed=5, scale=0.3, progress=False, workers=1)
+    return path
+
+
+def run_config(tmp: Path, drive: Path, sinks: dict, **run) -> Path:
+    """configs/demo.yaml on ``drive`` with oracle masks, no overlay, the given sinks and run keys."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    demo = yaml.safe_load((repo / "configs/demo.yaml").read_text())
+    demo["input"]["uri"] = str(drive)
+    demo["masks"] = "ground_truth"
+    demo["sinks"]["overlay"]["enabled"] = False
+    demo["sinks"].update(sinks)
+    demo["out"] = str(tmp / "out")
+    demo["run"]["progress"] = False
+    demo["run"].update(run)
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    return path

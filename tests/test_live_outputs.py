@@ -13,36 +13,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from live_clients import FoxgloveClient, ZenohHeard, decode_cdr, decode_protobuf, free_port
+from live_clients import LIVE_FRAMES, FoxgloveClient, ZenohHeard, decode_cdr, decode_protobuf, free_port, live_drive, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 SEGFUSE = [sys.executable, "-m", "pipeline.cli"]
-FRAMES = 3
+FRAMES = LIVE_FRAMES
 
 
 @pytest.fixture(scope="module")
 def drive(tmp_path_factory) -> Path:
-    from pipeline.sim.simulate import simulate
-
-    path = tmp_path_factory.mktemp("livedrive") / "drive"
-    simulate(path, frames=FRAMES, seed=5, scale=0.3, progress=False, workers=1)
-    return path
-
-
-def run_config(tmp: Path, drive: Path, sinks: dict, **run) -> Path:
-    import yaml
-
-    demo = yaml.safe_load((REPO / "configs/demo.yaml").read_text())
-    demo["input"]["uri"] = str(drive)
-    demo["masks"] = "ground_truth"
-    demo["sinks"]["overlay"]["enabled"] = False
-    demo["sinks"].update(sinks)
-    demo["out"] = str(tmp / "out")
-    demo["run"]["progress"] = False
-    demo["run"].update(run)
-    path = tmp / "run.yaml"
-    path.write_text(yaml.safe_dump(demo))
-    return path
+    return live_drive(tmp_path_factory.mktemp("livedrive") / "drive")
 
 
 def read_recording(path: Path) -> dict[str, tuple[str, str, list[bytes]]]:
