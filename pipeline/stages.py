@@ -141,9 +141,10 @@ class Postprocess:
 
         ignore = self.taxonomy.ignore_id
         for kind, out in outputs.by_kind.items():
-            check_model_outputs(kind, out, input_hw=batches.by_kind[kind].transforms[0].dst_hw,
-                                num_classes=self.taxonomy.num_classes, ignore_id=ignore,
-                                model=self.models.get(kind, kind))
+            for one in (out if isinstance(out, list) else [out]):       # a camera set: one output per frame
+                check_model_outputs(kind, one, input_hw=batches.by_kind[kind].transforms[0].dst_hw,
+                                    num_classes=self.taxonomy.num_classes, ignore_id=ignore,
+                                    model=self.models.get(kind, kind))
         semantic, instances, maps = {}, {}, {}
         if "deeplab" in outputs.by_kind:
             b = batches.by_kind["deeplab"]
